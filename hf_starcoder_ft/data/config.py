@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TRUNCATION_MODES = ("skip", "truncate_input")
+PACKING_STRATEGIES = ("best_fit", "greedy")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class DataConfig:
     packing: bool = field(
         default=True, metadata={"help": "Pack whole examples into rows of max_length (documents isolated)."}
     )
+    packing_strategy: str = field(
+        default="best_fit",
+        metadata={"help": "How examples are packed: 'best_fit' (best-fit decreasing) or 'greedy' (Megatron's order)."},
+    )
     truncation: str = field(
         default="skip",
         metadata={
@@ -66,6 +71,8 @@ class DataConfig:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if self.truncation not in TRUNCATION_MODES:
             raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
+        if self.packing_strategy not in PACKING_STRATEGIES:
+            raise ValueError(f"packing_strategy must be one of {PACKING_STRATEGIES}, got {self.packing_strategy!r}")
         if self.num_proc < 1:
             raise ValueError(f"num_proc must be >= 1, got {self.num_proc}")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:

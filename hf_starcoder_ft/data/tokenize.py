@@ -1,0 +1,91 @@
+"""Tokenize `(inputs, targets)` into `{"input_ids", "labels"}`: the one place the loss mask is applied.
+
+Inputs and targets are tokenized separately (as Megatron's two preprocessing passes did), with no BOS/EOS
+added, and the ids are concatenated. Special-token strings written in the text (`<commit_before>`,
+`<|endoftext|>`, ...) become their special ids. The target ends with EOS: appended when the target text does
+not already end with it, never twice. Labels are -100 on every input position and equal to the ids on every
+target position (EOS included: it is supervised).
+
+Worked example with StarCoder ids (`<commit_before>`=15, `<commit_msg>`=16, `<commit_after>`=17, EOS=0), and
+pretend ids x=87, y=88:
+
+    inputs  = "<commit_before>x<commit_msg>"  -> [15, 87, 16]
+    targets = "<commit_after>y"               -> [17, 88] + [0]
+    input_ids = [15, 87, 16, 17, 88, 0]
+    labels    = [-100, -100, -100, 17, 88, 0]
+
+Examples that cannot be used are not returned as rows but given a `drop_reason`:
+`empty_input`, `empty_target`, `too_long` (input + target > max_length with truncation 'skip'), or
+`target_too_long` (with 'truncate_input', when not even one input token fits beside the whole target).
+With 'truncate_input', inputs lose tokens from the left; such examples are counted as `truncated`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = -100
+DROP_REASONS = ("empty_input", "empty_target", "too_long", "target_too_long")
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with no special tokens added (the fast backend, batched)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def build_example(
+    input_ids: list[int], target_ids: list[int], eos_id: int, max_length: int, truncation: str
+) -> tuple[list[int], list[int], str, bool]:
+    """Concatenate one example and mask its inputs: `(ids, labels, drop_reason or "", truncated)`.
+
+    >>> build_example([15, 87, 16], [17, 88], eos_id=0, max_length=8, truncation="skip")
+    ([15, 87, 16, 17, 88, 0], [-100, -100, -100, 17, 88, 0], '', False)
+    >>> build_example([15, 87, 16], [17, 88], eos_id=0, max_length=5, truncation="truncate_input")
+    ([87, 16, 17, 88, 0], [-100, -100, 17, 88, 0], '', True)
+    """
+    if not input_ids:
+        return [], [], "empty_input", False
+    content = target_ids[:-1] if target_ids and target_ids[-1] == eos_id else target_ids
+    if not content:
+        return [], [], "empty_target", False
+    target_ids = content + [eos_id]
+    truncated = False
+    if len(input_ids) + len(target_ids) > max_length:
+        if truncation == "skip":
+            return [], [], "too_long", False
+        room = max_length - len(target_ids)
+        if room < 1:
+            return [], [], "target_too_long", False
+        input_ids = input_ids[-room:]
+        truncated = True
+    return input_ids + target_ids, [IGNORE_INDEX] * len(input_ids) + target_ids, "", truncated
+
+
+def tokenize_batch(
+    batch: dict[str, list[Any]], tokenizer, max_length: int, truncation: str
+) -> dict[str, list[Any]]:
+    """`datasets.map(batched=True)` function: columns `inputs`, `targets` -> `input_ids`, `labels`, `length`,
+    `num_target_tokens`, `drop_reason`, `truncated` (dropped examples keep empty id lists)."""
+    eos_id = tokenizer.eos_token_id
+    input_ids = encode_texts(tokenizer, batch["inputs"])
+    target_ids = encode_texts(tokenizer, batch["targets"])
+    out: dict[str, list[Any]] = {
+        "input_ids": [],
+        "labels": [],
+        "length": [],
+        "num_target_tokens": [],
+        "drop_reason": [],
+        "truncated": [],
+    }
+    for inputs, targets in zip(input_ids, target_ids, strict=True):
+        ids, labels, reason, truncated = build_example(inputs, targets, eos_id, max_length, truncation)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["num_target_tokens"].append(len(labels) - labels.count(IGNORE_INDEX))
+        out["drop_reason"].append(reason)
+        out["truncated"].append(truncated)
+    return out
