@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-starcoder-ft check-packing: error: {error}", file=sys.stderr)
         return 1
     tolerance = DEFAULT_TOLERANCE[args.dtype] if args.tolerance is None else args.tolerance
-    print(f"{'attention':<20} {'examples':>8} {'max |diff|':>12} {'naive packing':>14}  verdict (tolerance {tolerance:g})")
+    print(
+        f"{'attention':<20} {'examples':>8} {'max |diff|':>12} {'naive packing':>14}  verdict (tolerance {tolerance:g})"
+    )
     for r in results:
         verdict = "ok" if r["ok"] else "FAIL: packed examples see each other or differ"
         print(

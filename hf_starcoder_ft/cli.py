@@ -14,13 +14,28 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "commits": ("hf_starcoder_ft.data.commits:main", "Build inputs/targets jsonl from git repositories or CommitPack records."),
-    "prepare": ("hf_starcoder_ft.data.prepare:main", "Tokenize, mask, filter and pack jsonl sources into a training dataset."),
-    "check-packing": ("hf_starcoder_ft.check_packing:main", "Check that packed rows give the same logits as each example alone."),
+    "commits": (
+        "hf_starcoder_ft.data.commits:main",
+        "Build inputs/targets jsonl from git repositories or CommitPack records.",
+    ),
+    "prepare": (
+        "hf_starcoder_ft.data.prepare:main",
+        "Tokenize, mask, filter and pack jsonl sources into a training dataset.",
+    ),
+    "check-packing": (
+        "hf_starcoder_ft.check_packing:main",
+        "Check that packed rows give the same logits as each example alone.",
+    ),
     "train": ("hf_starcoder_ft.train:main", "Fine-tune (same as `accelerate launch train.py ...`)."),
-    "merge-lora": ("hf_starcoder_ft.model:merge_lora_main", "Merge a LoRA adapter into its base model and save a full model."),
+    "merge-lora": (
+        "hf_starcoder_ft.model:merge_lora_main",
+        "Merge a LoRA adapter into its base model and save a full model.",
+    ),
     "convert": ("hf_starcoder_ft.convert.cli:main", "Convert checkpoints: megatron-to-hf | hf-to-megatron."),
-    "verify-conversion": ("hf_starcoder_ft.convert.verify:main", "Compare a Megatron checkpoint's forward pass with a converted HF model."),
+    "verify-conversion": (
+        "hf_starcoder_ft.convert.verify:main",
+        "Compare a Megatron checkpoint's forward pass with a converted HF model.",
+    ),
     "diff": ("hf_starcoder_ft.tools.diff:main", "Compare two checkpoints key by key."),
     "generate": ("hf_starcoder_ft.tools.generate:main", "Generate a completion from a model (smoke test)."),
 }

@@ -1,11 +1,11 @@
 """Atomic outputs: a crash never leaves something that looks complete.
 
-    with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
-        write_everything_into(tmp)
-    # `out` now exists, complete; on error the temporary directory is removed and `out` is untouched.
+with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
+    write_everything_into(tmp)
+# `out` now exists, complete; on error the temporary directory is removed and `out` is untouched.
 
-    with atomic_write(path) as tmp_path:   # a single file (append `.gz` handling yourself)
-        tmp_path.write_text(...)
+with atomic_write(path) as tmp_path:   # a single file (append `.gz` handling yourself)
+    tmp_path.write_text(...)
 """
 
 from __future__ import annotations

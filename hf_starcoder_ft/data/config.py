@@ -1,6 +1,7 @@
 """The data configuration shared by `hf-starcoder-ft prepare` and training (same names in YAML and on the CLI).
 
-    hf-starcoder-ft prepare --train_data data/train.jsonl --tokenizer tokenizer.json --max_length 2048 --output_dir prepared
+    hf-starcoder-ft prepare --train_data data/train.jsonl --tokenizer tokenizer.json --max_length 2048 \
+        --output_dir prepared
     accelerate launch train.py --config configs/tiny_cpu.yaml --train_data data/train.jsonl
 
 A data SPEC (`train_data`, `valid_data`, `test_data`) is one of:

@@ -82,7 +82,7 @@ def _parse_megatron_data_path_file(path: Path) -> dict[str, list[SourceSpec]]:
     except ValueError as error:
         raise DataError(f"{path}: cannot split into quoted groups ({error})") from error
     if not groups:
-        raise DataError(f"{path}: no data-path group found (expected a line like \"train: 1.0 0:0.95 data.jsonl\")")
+        raise DataError(f'{path}: no data-path group found (expected a line like "train: 1.0 0:0.95 data.jsonl")')
     result: dict[str, list[SourceSpec]] = {}
     for group in groups:
         line = _line_of(text, group)
@@ -90,7 +90,7 @@ def _parse_megatron_data_path_file(path: Path) -> dict[str, list[SourceSpec]]:
         name = name.strip()
         if not sep or not name or " " in name:
             raise DataError(
-                f"{path}:{line}: bad data-path group {group!r}; expected \"NAME: WEIGHT START:END PATH, ...\""
+                f'{path}:{line}: bad data-path group {group!r}; expected "NAME: WEIGHT START:END PATH, ..."'
             )
         if name in result:
             raise DataError(f"{path}:{line}: group {name!r} appears twice")
@@ -99,7 +99,7 @@ def _parse_megatron_data_path_file(path: Path) -> dict[str, list[SourceSpec]]:
             fields = entry.split()
             if len(fields) != 3:
                 raise DataError(
-                    f"{path}:{line}: bad source {entry.strip()!r} in group {name!r}; expected \"WEIGHT START:END PATH\""
+                    f'{path}:{line}: bad source {entry.strip()!r} in group {name!r}; expected "WEIGHT START:END PATH"'
                 )
             weight_text, range_text, source_path = fields
             try:
@@ -108,7 +108,7 @@ def _parse_megatron_data_path_file(path: Path) -> dict[str, list[SourceSpec]]:
                 start, end = float(start_text), float(end_text)
             except ValueError as error:
                 raise DataError(
-                    f"{path}:{line}: bad weight or range in {entry.strip()!r} (expected e.g. \"1.0 0:0.95 data.jsonl\")"
+                    f'{path}:{line}: bad weight or range in {entry.strip()!r} (expected e.g. "1.0 0:0.95 data.jsonl")'
                 ) from error
             resolved = Path(source_path)
             if not resolved.is_absolute():

@@ -186,8 +186,12 @@ def length_histogram(lengths: np.ndarray, max_length: int) -> dict[str, int]:
 
 def format_summary(stats: dict[str, Any]) -> str:
     """The human-readable report printed at the end of `prepare` and saved as summary.txt."""
-    lines = [f"prepared data {stats['fingerprint']} (max_length {stats['config']['max_length']}, "
-             f"packing {stats['config']['packing']}, seed {stats['seed']})", "", "sources:"]
+    lines = [
+        f"prepared data {stats['fingerprint']} (max_length {stats['config']['max_length']}, "
+        f"packing {stats['config']['packing']}, seed {stats['seed']})",
+        "",
+        "sources:",
+    ]
     for source in stats["sources"]:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(source["bad"].items())) or "none"
         lines.append(
@@ -233,9 +237,7 @@ def prepare_data(
     if existing is not None and existing.get("fingerprint") == fingerprint:
         return load_prepared(output_dir, reused=True)
     if output_dir.exists() and not overwrite and any(output_dir.iterdir()):
-        raise OutputExistsError(
-            f"{output_dir} already exists and holds other data (pass --overwrite to replace it)"
-        )
+        raise OutputExistsError(f"{output_dir} already exists and holds other data (pass --overwrite to replace it)")
 
     sources: dict[Path, _Source] = {}
     for split_sources in splits.values():
@@ -261,7 +263,8 @@ def prepare_data(
     flat = tokenized.data.table
     offsets = flat.column("input_ids").combine_chunks().offsets.to_numpy()
     token_values = {
-        name: flat.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False) for name in ("input_ids", "labels")
+        name: flat.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        for name in ("input_ids", "labels")
     }
 
     stats: dict[str, Any] = {

@@ -64,9 +64,7 @@ def build_example(
     return input_ids + target_ids, [IGNORE_INDEX] * len(input_ids) + target_ids, "", truncated
 
 
-def tokenize_batch(
-    batch: dict[str, list[Any]], tokenizer, max_length: int, truncation: str
-) -> dict[str, list[Any]]:
+def tokenize_batch(batch: dict[str, list[Any]], tokenizer, max_length: int, truncation: str) -> dict[str, list[Any]]:
     """`datasets.map(batched=True)` function: columns `inputs`, `targets` -> `input_ids`, `labels`, `length`,
     `num_target_tokens`, `drop_reason`, `truncated` (dropped examples keep empty id lists)."""
     eos_id = tokenizer.eos_token_id
