@@ -1,0 +1,295 @@
+"""Hugging Face checkpoint folders: read tensors one at a time, and write sharded safetensors as a stream.
+
+    hf-starcoder-ft convert megatron-to-hf --megatron DIR --out DIR --max_shard_size 5GB
+    hf-starcoder-ft diff HF_DIR_A HF_DIR_B
+
+Reading accepts `model.safetensors`, `model.safetensors.index.json` (+ shards), `pytorch_model.bin` and
+`pytorch_model.bin.index.json` (+ shards); `.bin` files are read with `torch.load(weights_only=True)`.
+
+Writing knows every tensor's name, shape and dtype in advance (the conversion plans them from `args`), so each
+shard's safetensors header is written first and tensor bytes are appended as they are produced: no shard is
+ever held in memory. A tensor may arrive as several pieces that concatenate along dim 0 (TP shards of a
+row-split weight), which are written back to back without being joined in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SAFETENSORS_DTYPES = {
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+DTYPE_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
+
+class HFCheckpointError(ValueError):
+    """An HF model folder that cannot be read; the message names the file or key."""
+
+
+def parse_size(text: str | int) -> int:
+    """`5GB`, `500MB`, `2GiB`, `1000000` -> bytes (decimal units as `save_pretrained` uses them)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or a byte count")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    scale |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    return int(number * scale[unit])
+
+
+def tensor_nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+class HFCheckpoint:
+    """Tensor-by-tensor access to an HF model folder (or a single .safetensors / .bin file)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config: dict = {}
+        self.weight_map: dict[str, Path] = {}
+        self._safe_handles: dict[Path, object] = {}
+        self._bin_cache: tuple[Path, dict] | None = None
+        if self.path.is_file():
+            files = [self.path]
+        elif self.path.is_dir():
+            config_path = self.path / "config.json"
+            if config_path.is_file():
+                try:
+                    self.config = json.loads(config_path.read_text())
+                except json.JSONDecodeError as error:
+                    raise HFCheckpointError(f"{config_path}: not valid JSON ({error})") from None
+            files = self._weight_files()
+        else:
+            raise HFCheckpointError(f"{self.path}: model folder or weights file not found")
+        for file in files:
+            for key in self._file_keys(file):
+                if key in self.weight_map:
+                    raise HFCheckpointError(f"{file}: key {key} also appears in {self.weight_map[key]}")
+                self.weight_map[key] = file
+
+    def _weight_files(self) -> list[Path]:
+        for index_name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+            index_path = self.path / index_name
+            if index_path.is_file():
+                try:
+                    weight_map = json.loads(index_path.read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise HFCheckpointError(f"{index_path}: not a valid index ({error!r})") from None
+                files = sorted({self.path / name for name in weight_map.values()})
+                for file in files:
+                    if not file.is_file():
+                        raise HFCheckpointError(f"{file}: shard listed in {index_path} is missing")
+                return files
+        for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
+            if (self.path / name).is_file():
+                return [self.path / name]
+        raise HFCheckpointError(
+            f"{self.path}: no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}"
+        )
+
+    def _file_keys(self, file: Path) -> list[str]:
+        if file.suffix == ".safetensors":
+            return list(self._safe_handle(file).keys())
+        return list(self._bin_shard(file).keys())
+
+    def _safe_handle(self, file: Path):
+        from safetensors import safe_open
+
+        if file not in self._safe_handles:
+            try:
+                self._safe_handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except Exception as error:  # safetensors raises its own error types
+                raise HFCheckpointError(f"{file}: cannot read safetensors file ({error})") from None
+        return self._safe_handles[file]
+
+    def _bin_shard(self, file: Path) -> dict:
+        # One .bin shard at a time, memory-mapped when the file format allows.
+        if self._bin_cache is None or self._bin_cache[0] != file:
+            self._bin_cache = None
+            try:
+                try:
+                    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as error:
+                    if "mmap can only be used" not in str(error):
+                        raise
+                    state = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as error:
+                first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise HFCheckpointError(f"{file}: cannot load with weights_only=True ({first_line})") from None
+            if not isinstance(state, dict):
+                raise HFCheckpointError(f"{file}: expected a state dict, found {type(state).__name__}")
+            self._bin_cache = (file, state)
+        return self._bin_cache[1]
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.weight_map
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self.weight_map:
+            raise HFCheckpointError(f"{self.path}: missing tensor {key}")
+        file = self.weight_map[key]
+        if file.suffix == ".safetensors":
+            return self._safe_handle(file).get_tensor(key)
+        return self._bin_shard(file)[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        file = self.weight_map[key]
+        if file.suffix == ".safetensors":
+            return tuple(self._safe_handle(file).get_slice(key).get_shape())
+        return tuple(self.get(key).shape)
+
+    def file_of(self, key: str) -> Path:
+        return self.weight_map[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.shape, self.dtype)
+
+
+def _header_bytes(entries: Sequence[PlannedTensor]) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for entry in entries:
+        header[entry.key] = {
+            "dtype": SAFETENSORS_DTYPES[entry.dtype],
+            "shape": list(entry.shape),
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
+        offset += entry.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format allows trailing spaces; 8-byte alignment for the data
+    return len(encoded).to_bytes(8, "little") + encoded
+
+
+def _as_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+class StreamingSafetensorsWriter:
+    """Write planned tensors, in plan order, into shards of at most `max_shard_bytes` (HF's file naming).
+
+    One shard is `model.safetensors`; several are `model-00001-of-0000N.safetensors` plus
+    `model.safetensors.index.json`, as `save_pretrained` writes them.
+    """
+
+    def __init__(self, out_dir: Path, plan: Sequence[PlannedTensor], max_shard_bytes: int):
+        if sys.byteorder != "little":
+            raise RuntimeError("safetensors is little-endian; writing from a big-endian machine is not supported")
+        self.out_dir = Path(out_dir)
+        self.plan = list(plan)
+        self.shards: list[list[PlannedTensor]] = []
+        current: list[PlannedTensor] = []
+        current_bytes = 0
+        for entry in self.plan:
+            if current and current_bytes + entry.nbytes > max_shard_bytes:
+                self.shards.append(current)
+                current, current_bytes = [], 0
+            current.append(entry)
+            current_bytes += entry.nbytes
+        if current:
+            self.shards.append(current)
+        count = len(self.shards)
+        self.file_names = (
+            [SAFE_WEIGHTS_NAME]
+            if count == 1
+            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        )
+        self._position = 0  # index into plan of the next tensor expected
+        self._shard = -1
+        self._file = None
+        self._remaining_in_shard = 0
+
+    def write(self, key: str, pieces: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> None:
+        """Append tensor `key`, given whole or as pieces that concatenate along dim 0; cast to the planned dtype."""
+        if self._position >= len(self.plan):
+            raise RuntimeError(f"{key}: more tensors than planned")
+        entry = self.plan[self._position]
+        if key != entry.key:
+            raise RuntimeError(f"expected tensor {entry.key} next, got {key}")
+        pieces = [pieces] if isinstance(pieces, torch.Tensor) else list(pieces)
+        rows = sum(piece.shape[0] for piece in pieces)
+        trailing = {tuple(piece.shape[1:]) for piece in pieces}
+        if trailing != {tuple(entry.shape[1:])} or rows != entry.shape[0]:
+            shapes = [list(piece.shape) for piece in pieces]
+            raise RuntimeError(f"{key}: pieces {shapes} do not make the planned shape {list(entry.shape)}")
+        if self._remaining_in_shard == 0:
+            self._open_next_shard()
+        for piece in pieces:
+            self._file.write(_as_bytes(piece.to(entry.dtype)))
+        self._position += 1
+        self._remaining_in_shard -= 1
+        if self._remaining_in_shard == 0:
+            self._file.close()
+            self._file = None
+
+    def _open_next_shard(self) -> None:
+        self._shard += 1
+        entries = self.shards[self._shard]
+        self._file = open(self.out_dir / self.file_names[self._shard], "wb")  # noqa: SIM115 (closed in write/close)
+        self._file.write(_header_bytes(entries))
+        self._remaining_in_shard = len(entries)
+
+    def close(self) -> None:
+        """Check every planned tensor was written, then write the index (several shards only)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._position != len(self.plan):
+            missing = [entry.key for entry in self.plan[self._position :]]
+            raise RuntimeError(f"conversion ended before writing {len(missing)} tensors, first {missing[0]}")
+        if len(self.shards) > 1:
+            weight_map = {
+                entry.key: name for name, entries in zip(self.file_names, self.shards, strict=True) for entry in entries
+            }
+            index = {"metadata": {"total_size": sum(e.nbytes for e in self.plan)}, "weight_map": weight_map}
+            (self.out_dir / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
