@@ -42,7 +42,7 @@ def test_tokenize_batch_with_real_tokenizer(tokenizer):
         "inputs": ["<commit_before>x = 1<commit_msg>Fix<commit_after>", ""],
         "targets": ["x = 2<|endoftext|>", "y"],
     }
-    out = tokenize_batch(batch, tokenizer, max_length=64, truncation="skip")
+    out = tokenize_batch(batch, tokenizer, max_length=64, truncation="skip").to_pydict()
     inputs_ids = encode_texts(tokenizer, [batch["inputs"][0]])[0]
     target_ids = tokenizer("x = 2", add_special_tokens=False)["input_ids"]
     # separate tokenization, special strings -> special ids, EOS (id 0) ends the target exactly once

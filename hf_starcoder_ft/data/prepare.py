@@ -150,26 +150,23 @@ def _read_source(path: Path, config: DataConfig, seed: int, progress: bool) -> _
     return _Source(path=path, records=records, report=report)
 
 
-def _tokenize(texts: list[tuple[str, str]], tokenizer, config: DataConfig, progress: bool):
+def _tokenize(texts: list[tuple[str, str]], tokenizer, config: DataConfig):
+    import uuid
+
     import datasets
 
     table = datasets.Dataset.from_dict({"inputs": [t[0] for t in texts], "targets": [t[1] for t in texts]})
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        return table.map(
-            tokenize_batch,
-            batched=True,
-            batch_size=1000,
-            num_proc=config.num_proc if config.num_proc > 1 and len(texts) > 1000 else None,
-            remove_columns=["inputs", "targets"],
-            fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length, "truncation": config.truncation},
-            desc="tokenize",
-            new_fingerprint=hashlib.sha256(repr(len(texts)).encode()).hexdigest()[:16],
-        )
-    finally:
-        if not progress:
-            datasets.enable_progress_bars()
+    return table.map(
+        tokenize_batch,
+        batched=True,
+        batch_size=2048,
+        num_proc=config.num_proc if config.num_proc > 1 and len(texts) > 1000 else None,
+        remove_columns=["inputs", "targets"],
+        fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length, "truncation": config.truncation},
+        desc="tokenize",
+        # An in-memory table: nothing to reuse from datasets' own cache (ours is keyed by data_fingerprint).
+        new_fingerprint=uuid.uuid4().hex,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- stats
@@ -230,7 +227,22 @@ def prepare_data(
     """Run every step and write the splits under `output_dir`; reuse it when it already holds this exact work."""
     import datasets
 
-    output_dir = Path(output_dir)
+    if progress:
+        return _prepare_data(config, tokenizer, seed, Path(output_dir), overwrite, progress)
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return _prepare_data(config, tokenizer, seed, Path(output_dir), overwrite, progress)
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _prepare_data(
+    config: DataConfig, tokenizer, seed: int, output_dir: Path, overwrite: bool, progress: bool
+) -> PreparedData:
+    import datasets
+
     splits = resolve_splits(config)
     fingerprint = data_fingerprint(config, splits, tokenizer, seed)
     existing = _read_stats(output_dir)
@@ -239,23 +251,26 @@ def prepare_data(
     if output_dir.exists() and not overwrite and any(output_dir.iterdir()):
         raise OutputExistsError(f"{output_dir} already exists and holds other data (pass --overwrite to replace it)")
 
+    resolved = {spec: spec.path.resolve() for split_sources in splits.values() for spec in split_sources}
     sources: dict[Path, _Source] = {}
-    for split_sources in splits.values():
-        for spec in split_sources:
-            key = spec.path.resolve()
-            if key not in sources:
-                sources[key] = _read_source(spec.path, config, seed, progress)
+    for spec, key in resolved.items():
+        if key not in sources:
+            sources[key] = _read_source(spec.path, config, seed, progress)
 
     # Tokenize each needed record once, even when two splits (or groups) read different ranges of one source.
     needed: list[tuple[Path, int]] = []
     for split, split_sources in splits.items():
         for spec in split_sources:
-            source = sources[spec.path.resolve()]
+            source = sources[resolved[spec]]
             start, end = spec.record_range(len(source.records))
             source.used_ranges[split] = (start, end)
-            needed.extend((spec.path.resolve(), i) for i in range(start, end))
-    position = {item: n for n, item in enumerate(needed)}
-    tokenized = _tokenize([sources[p].records[i] for p, i in needed], tokenizer, config, progress)
+            needed.append((split, resolved[spec], start, end))
+    # first_row[(split, source)]: where that range's records begin in the tokenized table
+    first_row, texts = {}, []
+    for split, key, start, end in needed:
+        first_row[(split, key)] = len(texts)
+        texts.extend(sources[key].records[start:end])
+    tokenized = _tokenize(texts, tokenizer, config)
     lengths = np.asarray(tokenized["length"], dtype=np.int64)
     target_counts = np.asarray(tokenized["num_target_tokens"], dtype=np.int64)
     reasons = np.asarray(tokenized["drop_reason"], dtype=object)
@@ -288,9 +303,9 @@ def prepare_data(
             per_source_examples: list[np.ndarray] = []
             split_info: dict[str, Any] = {"sources": []}
             for spec in split_sources:
-                source = sources[spec.path.resolve()]
+                source = sources[resolved[spec]]
                 start, end = source.used_ranges[split]
-                ids = np.array([position[(spec.path.resolve(), i)] for i in range(start, end)], dtype=np.int64)
+                ids = np.arange(end - start, dtype=np.int64) + first_row[(split, resolved[spec])]
                 kept = ids[reasons[ids] == ""] if len(ids) else ids
                 dropped = Counter(reasons[ids].tolist()) if len(ids) else Counter()
                 dropped.pop("", None)
