@@ -114,7 +114,7 @@ def build_git_fixture(path: Path) -> GitFixture:
     shas["feature"] = repo.commit("Add feature flag module")
     repo.git("checkout", "-q", "main")
     repo.write("README.md", README_V2)
-    shas["readme"] = repo.commit("Describe the calculator in the README")
+    shas["readme"] = repo.commit("Describe the calculator in the README (naïve café edition)")
     repo.clock += 3600
     repo.git("merge", "-q", "--no-ff", "--no-edit", "-m", "Merge branch 'feature'", "feature")
     shas["merge"] = repo.git("rev-parse", "HEAD")

@@ -43,7 +43,14 @@ def record(sha: str, old_file: str, new_file: str, old: str, new: str, message: 
 def expected_records(shas: dict[str, str]) -> list[dict]:
     """What the default build must write, newest commit first, files in path order within a commit."""
     return [
-        record(shas["readme"], "README.md", "README.md", README_V1, README_V2, "Describe the calculator in the README"),
+        record(
+            shas["readme"],
+            "README.md",
+            "README.md",
+            README_V1,
+            README_V2,
+            "Describe the calculator in the README (naïve café edition)",
+        ),
         record(shas["feature"], "feature.py", "feature.py", "", FEATURE, "Add feature flag module"),
         record(shas["latin1"], "big.txt", "big.txt", "", BIG_TEXT, "Add legacy notes and a big text file"),
         record(shas["binary"], "calc.py", "calc.py", CALC_V2, CALC_V3, "Add logo and rename sub to subtract"),
@@ -81,6 +88,19 @@ def test_every_commit_gives_exactly_the_expected_records(tmp_git_repo, tmp_path)
     assert report.dropped == EXPECTED_DROPPED
     assert (report.seen, report.written) == (18, 9)
     assert report.seen == report.written + sum(report.dropped.values())
+
+
+def test_user_git_configuration_does_not_change_the_records(tmp_git_repo, tmp_path, monkeypatch):
+    config = tmp_path / "gitconfig"
+    config.write_text(
+        "[diff]\n\trenames = false\n[color]\n\tui = always\n[log]\n\tshowRoot = false\n\tdecorate = full\n"
+        "[i18n]\n\tlogOutputEncoding = ISO-8859-1\n[core]\n\tquotePath = true\n"
+    )
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    records, report = build(tmp_git_repo.path, tmp_path / "out")
+    assert records == expected_records(tmp_git_repo.shas)
+    assert report.dropped == EXPECTED_DROPPED
 
 
 def test_message_and_subject_come_from_the_commit(tmp_git_repo):
