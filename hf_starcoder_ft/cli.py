@@ -38,6 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "diff": ("hf_starcoder_ft.tools.diff:main", "Compare two checkpoints key by key."),
     "generate": ("hf_starcoder_ft.tools.generate:main", "Generate a completion from a model (smoke test)."),
+    "init-tiny": (
+        "hf_starcoder_ft.tools.tiny:main",
+        "Make a tiny random model + tokenizer from a jsonl (smoke tests).",
+    ),
 }
 
 

@@ -83,3 +83,32 @@ def tokenizer_fingerprint(tokenizer) -> str:
     payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     payload += repr((tokenizer.eos_token, tokenizer.pad_token))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def train_tiny_tokenizer(texts, path: str | Path, vocab_size: int = 384) -> Path:
+    """Train a small byte-level BPE shaped like StarCoder's and save it as `tokenizer.json`.
+
+    Special tokens take StarCoder's ids 0..18 and digits are split one by one, so ids of special tokens, EOS
+    and padding match the real tokenizer. For tests and smoke runs only: nothing can be downloaded there.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(STARCODER_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    for index, token in enumerate(STARCODER_SPECIAL_TOKENS):
+        if tokenizer.token_to_id(token) != index:
+            raise TokenizerError(f"special token {token!r} got id {tokenizer.token_to_id(token)}, expected {index}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path

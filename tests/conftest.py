@@ -42,25 +42,9 @@ _CORPUS = [
 
 def build_tokenizer_json(path: Path, vocab_size: int = TINY_VOCAB_SIZE) -> Path:
     """Train a tiny byte-level BPE with StarCoder's special tokens at ids 0..18 and save it as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from hf_starcoder_ft.tokenizer import train_tiny_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(STARCODER_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    for index, token in enumerate(STARCODER_SPECIAL_TOKENS):
-        assert tokenizer.token_to_id(token) == index, (token, tokenizer.token_to_id(token))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
-    return path
+    return train_tiny_tokenizer(_CORPUS * 4, path, vocab_size=vocab_size)
 
 
 @pytest.fixture(scope="session")
