@@ -40,7 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("hf_starcoder_ft.tools.generate:main", "Generate a completion from a model (smoke test)."),
     "init-tiny": (
         "hf_starcoder_ft.tools.tiny:main",
-        "Make a tiny random model + tokenizer from a jsonl (smoke tests).",
+        "Tiny random model + tokenizer from a jsonl (smoke tests).",
     ),
 }
 

@@ -20,7 +20,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-from hf_starcoder_ft.tokenizer import STARCODER_SPECIAL_TOKENS  # noqa: E402
 
 TINY_VOCAB_SIZE = 384
 
