@@ -23,35 +23,40 @@ import pytest
 import torch
 
 
+class PositionEmbeddingType(enum.Enum):
+    rotary = 1
+    absolute = 2
+    alibi = 3
+
+
+class ModelType(enum.Enum):
+    encoder_or_decoder = 1
+    encoder_and_decoder = 2
+
+
+class AttnMaskType(enum.Enum):
+    padding = 1
+    causal = 2
+
+
+_ENUMS_MODULE = types.ModuleType("megatron.model.enums")
+for _cls in (PositionEmbeddingType, ModelType, AttnMaskType):
+    # Pickle records a class as `__module__.__qualname__`: make it the name a real checkpoint carries.
+    _cls.__module__ = "megatron.model.enums"
+    _cls.__qualname__ = _cls.__name__
+    setattr(_ENUMS_MODULE, _cls.__name__, _cls)
+
+
 @contextlib.contextmanager
 def fake_megatron_modules():
-    """Make `megatron.model.enums` importable for the duration of a `torch.save`."""
-
-    class PositionEmbeddingType(enum.Enum):
-        rotary = 1
-        absolute = 2
-        alibi = 3
-
-    class ModelType(enum.Enum):
-        encoder_or_decoder = 1
-        encoder_and_decoder = 2
-
-    class AttnMaskType(enum.Enum):
-        padding = 1
-        causal = 2
-
-    module = types.ModuleType("megatron.model.enums")
-    for cls in (PositionEmbeddingType, ModelType, AttnMaskType):
-        cls.__module__ = "megatron.model.enums"
-        cls.__qualname__ = cls.__name__
-        setattr(module, cls.__name__, cls)
+    """Make `megatron.model.enums` importable for the duration of a `torch.save` / `torch.load`."""
     names = ("megatron", "megatron.model", "megatron.model.enums")
     saved = {name: sys.modules.get(name) for name in names}
     sys.modules["megatron"] = types.ModuleType("megatron")
     sys.modules["megatron.model"] = types.ModuleType("megatron.model")
-    sys.modules["megatron.model.enums"] = module
+    sys.modules["megatron.model.enums"] = _ENUMS_MODULE
     try:
-        yield module
+        yield _ENUMS_MODULE
     finally:
         for name, previous in saved.items():
             if previous is None:
@@ -244,6 +249,9 @@ def load_flat_rank(path: Path) -> dict:
     """Load a rank file in the test with a plain allow-list (not the package's loader) and flatten `model`."""
     with fake_megatron_modules() as enums:
         allowed = [argparse.Namespace, enums.PositionEmbeddingType, enums.ModelType, enums.AttnMaskType]
+        # NumPy's RNG state (an ndarray) lives in `rng_state`.
+        allowed += [np.ndarray, np.dtype, np.dtypes.UInt32DType]
+        allowed += [(np._core.multiarray._reconstruct, "numpy._core.multiarray._reconstruct")]
         with torch.serialization.safe_globals(allowed):
             content = torch.load(path, weights_only=True)
 
@@ -279,8 +287,8 @@ def assert_states_bitwise_equal(actual: dict, expected: dict) -> None:
         assert torch.equal(actual[key], expected[key]), key
 
 
-@pytest.fixture(scope="session")
-def tiny_bf16_model_dir(tokenizer_json, tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", name="tiny_bf16_model_dir")
+def tiny_bf16_model_dir_fixture(tokenizer_json, tmp_path_factory) -> Path:
     """A tiny multi-query model saved in bf16 (StarCoder's training dtype)."""
     from conftest import save_tiny_model
 
@@ -294,3 +302,16 @@ def tiny_bf16_model_dir(tokenizer_json, tmp_path_factory) -> Path:
     config["dtype"] = "bfloat16"
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def rewrite_rank_file(path: Path, mutate) -> None:
+    """Load a rank file, let `mutate(content)` change it in place, and save it back (Megatron names kept)."""
+    content = load_flat_rank(path)["content"]
+    mutate(content)
+    with fake_megatron_modules():
+        torch.save(content, path)
+
+
+def encoder(content: dict) -> dict:
+    """The flat encoder dict of a rank file's `model` tree."""
+    return content["model"]["language_model"]["encoder"]

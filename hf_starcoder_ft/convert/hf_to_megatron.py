@@ -34,6 +34,7 @@ from hf_starcoder_ft.convert.keymap import (
     part_rows,
     split_fused_rows,
     split_tensor_parallel,
+    stage_megatron_keys,
     stage_rules,
 )
 from hf_starcoder_ft.convert.megatron_format import (
@@ -141,7 +142,8 @@ def megatron_rank_shards(
         head = pad_vocab_rows(hf_tensors[HF_WTE].to(dtype), spec.padded_vocab_size)
         for tp_rank, shard in enumerate(split_tensor_parallel(head, Split.ROWS, spec.tp, HEAD_EMBEDDINGS)):
             shards[tp_rank][HEAD_EMBEDDINGS] = shard.clone()
-    return shards
+    order = stage_megatron_keys(spec, pp_rank)
+    return [{key: shard[key] for key in order} for shard in shards]
 
 
 def nest_megatron_state(flat: dict[str, torch.Tensor]) -> dict:

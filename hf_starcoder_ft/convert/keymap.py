@@ -129,8 +129,13 @@ def all_rules(spec: ModelSpec) -> list[BoundRule]:
 
 
 def stage_megatron_keys(spec: ModelSpec, pp_rank: int) -> list[str]:
-    """The exact tensor keys every TP rank file of this stage must hold."""
-    keys = [part.megatron for rule in stage_rules(spec, pp_rank) for part in rule.parts]
+    """The exact tensor keys every TP rank file of this stage holds, in Megatron's module order (each module's
+    weight then bias: `query.weight, query.bias, key_value.weight, ...`)."""
+    by_module: dict[str, list[str]] = {}
+    for rule in stage_rules(spec, pp_rank):
+        for part in rule.parts:
+            by_module.setdefault(part.megatron.rsplit(".", 1)[0], []).append(part.megatron)
+    keys = [key for module_keys in by_module.values() for key in module_keys]
     if spec.pp > 1 and pp_rank == spec.pp - 1:
         keys.append(HEAD_EMBEDDINGS)
     return keys
