@@ -27,7 +27,6 @@ from typing import IO
 from hf_starcoder_ft.data.commits_sources import CommitsError, subject_of
 
 MERGE_MODES = ("skip", "first-parent")
-NULL_SHA_CHARS = frozenset("0")
 GITLINK_MODE = "160000"
 SYMLINK_MODE = "120000"
 # git's own test for binary content: a NUL byte in the first 8000 bytes.
@@ -317,7 +316,7 @@ class BlobReader:
 
 
 def _is_null(sha: str) -> bool:
-    return set(sha) <= NULL_SHA_CHARS
+    return not sha.strip("0")
 
 
 def _decode_blob(data: bytes | _Unreadable) -> str | _Unreadable:
@@ -331,61 +330,71 @@ def _decode_blob(data: bytes | _Unreadable) -> str | _Unreadable:
         return _Unreadable("not_utf8")
 
 
-def commit_items(
-    commit: GitCommit, repo_name: str, reader: BlobReader, options: GitOptions
-) -> Iterator[tuple[dict[str, str] | None, str | None]]:
-    """Turn one commit into `(record, None)` per usable changed file and `(None, reason)` per skipped one.
-
-    A merge commit (unless `merges="first-parent"`) and a commit without file changes count as one skipped item
-    each, so that every commit read is accounted for.
-    """
+def _plan_commit(commit: GitCommit, options: GitOptions) -> list[str | FileChange]:
+    """What each change of a commit becomes: a skip reason, or a change whose blobs must be read."""
     if len(commit.parents) > 1 and options.merges == "skip":
-        yield None, "merge_commit"
-        return
+        return ["merge_commit"]
     if not commit.changes:
-        yield None, "empty_commit"
-        return
-    message = commit.message.rstrip("\n")
-    subject = subject_of(message)
-    readable: list[FileChange] = []
-    outcome: list[str | FileChange] = []
+        return ["empty_commit"]
+    plan: list[str | FileChange] = []
     for change in commit.changes:
         if change.status == "D" and not options.include_deleted:
-            outcome.append("deleted_file")
+            plan.append("deleted_file")
         elif GITLINK_MODE in (change.old_mode, change.new_mode):
-            outcome.append("submodule")
+            plan.append("submodule")
         elif SYMLINK_MODE in (change.old_mode, change.new_mode):
-            outcome.append("symlink")
+            plan.append("symlink")
         else:
-            outcome.append(change)
-            readable.append(change)
-    wanted = [sha for change in readable for sha in (change.old_sha, change.new_sha) if not _is_null(sha)]
+            plan.append(change)
+    return plan
+
+
+def commit_items(
+    commits: list[GitCommit], repo_name: str, reader: BlobReader, options: GitOptions
+) -> Iterator[tuple[dict[str, str] | None, str | None]]:
+    """Turn commits into `(record, None)` per usable changed file and `(None, reason)` per skipped one, in order.
+
+    A merge commit (unless `merges="first-parent"`) and a commit without file changes count as one skipped item
+    each, so that every commit read is accounted for. The blobs of all the commits are requested in one stream
+    (a round trip per commit to `git cat-file` would cost more than the rest of the work).
+    """
+    plans = [_plan_commit(commit, options) for commit in commits]
+    wanted = [
+        sha
+        for plan in plans
+        for item in plan
+        if not isinstance(item, str)
+        for sha in (item.old_sha, item.new_sha)
+        if not _is_null(sha)
+    ]
     blobs = reader.read(wanted)
-    for item in outcome:
-        if isinstance(item, str):
-            yield None, item
-            continue
-        contents = [_decode_blob(next(blobs)) if not _is_null(sha) else "" for sha in (item.old_sha, item.new_sha)]
-        unreadable = next((c for c in contents if isinstance(c, _Unreadable)), None)
-        if unreadable is not None:
-            yield None, unreadable.reason
-            continue
-        old_contents, new_contents = contents
-        old_file = item.new_path if item.status == "A" else item.old_path
-        record = {
-            "commit": commit.sha,
-            "old_file": old_file,
-            "new_file": item.new_path,
-            "old_contents": old_contents,
-            "new_contents": new_contents,
-            "subject": subject,
-            "message": message,
-            "lang": language_for_path(item.new_path),
-            "license": "",
-            "repos": repo_name,
-        }
-        yield record, None
-    # Leave the reader ready for the next commit even when every blob was consumed above.
+    for commit, plan in zip(commits, plans, strict=True):
+        message = commit.message.rstrip("\n")
+        subject = subject_of(message)
+        for item in plan:
+            if isinstance(item, str):
+                yield None, item
+                continue
+            contents = [_decode_blob(next(blobs)) if not _is_null(sha) else "" for sha in (item.old_sha, item.new_sha)]
+            unreadable = next((c for c in contents if isinstance(c, _Unreadable)), None)
+            if unreadable is not None:
+                yield None, unreadable.reason
+                continue
+            old_contents, new_contents = contents
+            record = {
+                "commit": commit.sha,
+                "old_file": item.new_path if item.status == "A" else item.old_path,
+                "new_file": item.new_path,
+                "old_contents": old_contents,
+                "new_contents": new_contents,
+                "subject": subject,
+                "message": message,
+                "lang": language_for_path(item.new_path),
+                "license": "",
+                "repos": repo_name,
+            }
+            yield record, None
+    # Leave the reader ready for the next chunk even when every blob was consumed above.
     for _ in blobs:
         pass
 

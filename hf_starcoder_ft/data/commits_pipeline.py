@@ -79,10 +79,8 @@ class ChunkProcessor:
 
     def _items(self, chunk: GitChunk | RawRowChunk, result: ChunkResult) -> Iterator[tuple[dict | None, str | None]]:
         if isinstance(chunk, GitChunk):
-            reader = self._reader(chunk.repo_path)
-            for commit in chunk.commits:
-                result.commits += 1
-                yield from commit_items(commit, chunk.repo_name, reader, self.config.git)
+            result.commits += len(chunk.commits)
+            yield from commit_items(chunk.commits, chunk.repo_name, self._reader(chunk.repo_path), self.config.git)
         else:
             for record in records_of_chunk(chunk):
                 result.rows += 1
