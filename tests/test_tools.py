@@ -1,0 +1,163 @@
+"""`hf-starcoder-ft diff` (HF and Megatron checkpoints, key by key) and `hf-starcoder-ft generate`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from _convert_fixtures import load_safetensors_dir, rewrite_rank_file, write_reference_checkpoint
+from safetensors.torch import save_file
+
+from hf_starcoder_ft import cli
+from hf_starcoder_ft.tools import diff, generate
+
+
+def _run_diff(capsys, *argv) -> tuple[int, str]:
+    status = cli.main(["diff", *map(str, argv)])
+    return status, capsys.readouterr().out
+
+
+def _resave(src, dst, state: dict) -> None:
+    """A copy of an HF folder with its weights replaced by `state` (one safetensors file)."""
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst / "config.json")
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_identical_folders_and_bin_shards(tiny_mqa_model_dir, tmp_path, capsys):
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, tiny_mqa_model_dir)
+    assert status == 0 and "28 tensors compared, 28 equal" in output
+
+    # The same weights as two .bin shards with an index, lm_head stored as the tied copy.
+    state = load_safetensors_dir(tiny_mqa_model_dir)
+    keys = sorted(state)
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    shutil.copy(tiny_mqa_model_dir / "config.json", bins / "config.json")
+    first = {key: state[key] for key in keys[:10]}
+    second = {key: state[key] for key in keys[10:]} | {"lm_head.weight": state["transformer.wte.weight"].clone()}
+    torch.save(first, bins / "pytorch_model-00001-of-00002.bin")
+    torch.save(second, bins / "pytorch_model-00002-of-00002.bin")
+    weight_map = {key: "pytorch_model-00001-of-00002.bin" for key in first}
+    weight_map |= {key: "pytorch_model-00002-of-00002.bin" for key in second}
+    (bins / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, bins)
+    assert status == 0
+    assert "B: lm_head.weight is a tied copy of transformer.wte.weight" in output
+    assert "28 tensors compared, 28 equal" in output
+
+
+def test_each_kind_of_difference_is_reported(tiny_mqa_model_dir, tmp_path, capsys):
+    state = load_safetensors_dir(tiny_mqa_model_dir)
+    changed = dict(state)
+    changed["transformer.h.0.attn.c_proj.weight"] = state["transformer.h.0.attn.c_proj.weight"].clone()
+    changed["transformer.h.0.attn.c_proj.weight"][2, 3] += 0.5
+    changed["transformer.ln_f.bias"] = state["transformer.ln_f.bias"].to(torch.float16)
+    changed["transformer.wpe.weight"] = state["transformer.wpe.weight"][:128].clone()
+    del changed["transformer.h.1.ln_2.bias"]
+    changed["transformer.h.9.extra"] = torch.zeros(3)
+    _resave(tiny_mqa_model_dir, tmp_path / "b", changed)
+
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, tmp_path / "b")
+    assert status == 1
+    assert "values differ: transformer.h.0.attn.c_proj.weight: max |diff| 0.5\n" in output
+    assert "dtype mismatch: transformer.ln_f.bias: A float32 vs B float16" in output
+    assert "shape mismatch: transformer.wpe.weight: A [256, 32] vs B [128, 32]" in output
+    assert "only in A: transformer.h.1.ln_2.bias" in output
+    assert "only in B: transformer.h.9.extra" in output
+    assert "1 only in A, 1 only in B, 1 shape, 1 dtype" in output
+
+    result, _ = diff.diff_checkpoints(tiny_mqa_model_dir, tmp_path / "b", atol=1.0, ignore_dtype=True)
+    assert (result.values, result.dtype) == ([], [])  # ln_f.bias fp16 differs by rounding only, < atol
+
+
+def test_atol(tiny_mqa_model_dir, tmp_path, capsys):
+    state = load_safetensors_dir(tiny_mqa_model_dir)
+    state["transformer.h.1.mlp.c_fc.bias"] = state["transformer.h.1.mlp.c_fc.bias"] + 1e-3
+    _resave(tiny_mqa_model_dir, tmp_path / "b", state)
+    assert _run_diff(capsys, tiny_mqa_model_dir, tmp_path / "b")[0] == 1
+    assert _run_diff(capsys, tiny_mqa_model_dir, tmp_path / "b", "--atol", "1e-2")[0] == 0
+
+
+def test_megatron_against_hf_and_against_other_layouts(tiny_mqa_model_dir, tmp_path, capsys):
+    tp1 = write_reference_checkpoint(tmp_path / "tp1", tiny_mqa_model_dir, tp=1, pp=2)
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, tp1)
+    assert status == 0 and "in HF key space" in output and "28 tensors compared, 28 equal" in output
+
+    tp2 = write_reference_checkpoint(tmp_path / "tp2", tiny_mqa_model_dir, tp=2, pp=2)
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, tp2)
+    assert status == 1 and "transformer.wte.weight: A [384, 32] vs B [512, 32]" in output
+    status, output = _run_diff(capsys, tiny_mqa_model_dir, tp2, "--ignore_vocab_padding")
+    assert status == 0 and "compared the first 384 rows" in output
+
+    tp4 = write_reference_checkpoint(tmp_path / "tp4", tiny_mqa_model_dir, tp=4, pp=1)
+    assert _run_diff(capsys, tp2, tp4)[0] == 0  # both padded to 512 with zeros
+
+    def drift(content):
+        content["model"]["language_model"]["encoder"]["layers.1.mlp.dense_4h_to_h.weight"][0, 0] += 2.0
+
+    rewrite_rank_file(tp4 / "release" / "mp_rank_03" / "model_optim_rng.pt", drift)
+    status, output = _run_diff(capsys, tp2, tp4)
+    # dense_4h_to_h is split on dim 1: rank 3's column 0 is column 48 of the merged weight.
+    assert status == 1 and "values differ: transformer.h.1.mlp.c_proj.weight: max |diff| 2" in output
+
+
+def test_megatron_same_layout_compares_rank_files(tiny_mqa_model_dir, tmp_path, capsys):
+    a = write_reference_checkpoint(tmp_path / "a", tiny_mqa_model_dir, tp=2, pp=2)
+    b = write_reference_checkpoint(tmp_path / "b", tiny_mqa_model_dir, tp=2, pp=2)
+    status, output = _run_diff(capsys, a, b)
+    assert status == 0 and "compared rank file by rank file" in output
+    assert "66 tensors compared, 66 equal" in output  # (16 + 17 tensors per stage) x 2 TP ranks
+
+    def drift(content):
+        content["model"]["word_embeddings_for_head"]["weight"][5, 1] -= 0.25
+
+    rewrite_rank_file(b / "release" / "mp_rank_01_001" / "model_optim_rng.pt", drift)
+    status, output = _run_diff(capsys, a, b)
+    assert status == 1
+    assert "values differ: mp_rank_01_001: model.word_embeddings_for_head.weight: max |diff| 0.25" in output
+
+
+def test_unreadable_input_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["diff", str(tmp_path / "empty"), str(tmp_path / "empty")]) == 2
+    assert "no model.safetensors" in capsys.readouterr().err
+
+
+def test_generate_is_greedy_and_matches_a_manual_argmax_loop(tiny_mqa_model_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from hf_starcoder_ft.tokenizer import load_tokenizer
+
+    prompt = "def add(a, b):"
+    assert cli.main(["generate", str(tiny_mqa_model_dir), "--prompt", prompt, "--max_new_tokens", "6"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+
+    tokenizer = load_tokenizer(tiny_mqa_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_mqa_model_dir, dtype=torch.float32)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(6):
+            next_id = model(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+            if next_id.item() == tokenizer.eos_token_id:
+                break
+    assert printed == tokenizer.decode(ids[0])
+    assert printed.startswith(prompt) and len(printed) > len(prompt)
+
+
+def test_generate_sampling_is_seeded_and_options_are_checked(tiny_mqa_model_dir, tmp_path, capsys):
+    text_a = generate.generate(tiny_mqa_model_dir, "x = ", max_new_tokens=8, temperature=1.5, seed=3, device="cpu")
+    text_b = generate.generate(tiny_mqa_model_dir, "x = ", max_new_tokens=8, temperature=1.5, seed=3, device="cpu")
+    assert text_a == text_b and text_a.startswith("x = ")
+    with pytest.raises(SystemExit):
+        generate.main([str(tiny_mqa_model_dir), "--prompt", "x", "--temperature", "0"])
+    no_tokenizer = tmp_path / "weights_only"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_mqa_model_dir / name, no_tokenizer / name)
+    capsys.readouterr()
+    assert generate.main([str(no_tokenizer), "--prompt", "x"]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
