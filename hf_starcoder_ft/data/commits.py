@@ -268,7 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-starcoder-ft commits",
         description="Build inputs/targets jsonl for fine-tuning from git commits: CommitPack-style record files "
         "or local git repositories. One record per changed file; every skipped record is counted by reason.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     source = parser.add_argument_group("sources (give one kind)")
     exclusive = source.add_mutually_exclusive_group(required=True)
@@ -297,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="instruct",
         choices=FORMAT_NAMES,
         help="instruct: subject in the inputs, new file as target; octopack: OctoPack's original "
-        "layout (subject in the target, <filename> at p=0.5); template: your own format strings",
+        "layout (subject in the target, <filename> at p=0.5); template: your own format strings (default: %(default)s)",
     )
     out.add_argument(
         "--instruction",
         default="subject",
         choices=INSTRUCTION_FIELDS,
-        help="instruct format: put the commit subject or the whole message in the inputs",
+        help="instruct format: put the commit subject or the whole message in the inputs (default: %(default)s)",
     )
     out.add_argument(
         "--inputs_template",
@@ -315,18 +314,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STR",
         help="template format: targets format string (end it with <|endoftext|> to supervise EOS)",
     )
-    out.add_argument("--seed", type=int, default=0, help="seed of the octopack <filename> coin flip")
+    out.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the octopack <filename> coin flip (default: %(default)s)",
+    )
     out.add_argument(
         "--keep_metadata",
         action="store_true",
         help="also write commit, old_file, new_file, lang, repos, license in each record",
     )
-    out.add_argument("--num_proc", type=int, default=1, help="worker processes (the output does not depend on it)")
+    out.add_argument(
+        "--num_proc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes; the output does not depend on it (default: %(default)s)",
+    )
     out.add_argument("--report_json", metavar="FILE", help="also save the report (counts per drop reason) as JSON")
     out.add_argument("--no_progress", action="store_true", help="do not show a progress bar")
 
     git = parser.add_argument_group("git repositories (--repo)")
-    git.add_argument("--rev", default="HEAD", help="revision or range to read, as git log takes it (e.g. v1.0..main)")
+    git.add_argument(
+        "--rev",
+        default="HEAD",
+        help="revision or range to read, as git log takes it, e.g. v1.0..main (default: %(default)s)",
+    )
     git.add_argument("--since", metavar="DATE", help="only commits more recent than DATE (git log --since)")
     git.add_argument("--until", metavar="DATE", help="only commits older than DATE (git log --until)")
     git.add_argument("--max_commits", type=int, metavar="N", help="at most N commits per repository, newest first")
@@ -334,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--merges",
         default="skip",
         choices=MERGE_MODES,
-        help="skip merge commits, or diff each against its first parent",
+        help="skip merge commits, or diff each against its first parent (default: %(default)s)",
     )
     git.add_argument(
         "--include_deleted",
@@ -342,16 +357,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="make a record of each deleted file (empty new contents; needs --keep_empty_new)",
     )
     git.add_argument(
-        "--max_file_bytes", type=int, default=1_000_000, help="skip blobs larger than this unread (file_too_large)"
+        "--max_file_bytes",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="skip blobs larger than N bytes unread (file_too_large; default: %(default)s)",
     )
 
     flt = parser.add_argument_group("filters (OctoPack's defaults; every drop is counted by reason)")
     flt.add_argument(
-        "--max_old_chars", type=int, default=100_000, help="drop records whose old contents are longer (0: no limit)"
+        "--max_old_chars",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="drop records whose old contents are longer than N characters (0: no limit; default: %(default)s)",
     )
     flt.add_argument("--keep_empty_new", action="store_true", help="keep records whose new contents are empty")
     flt.add_argument("--keep_unchanged", action="store_true", help="keep records whose contents did not change")
-    flt.add_argument("--min_subject_chars", type=int, default=3, help="drop subjects shorter than this")
+    flt.add_argument(
+        "--min_subject_chars",
+        type=int,
+        default=3,
+        metavar="N",
+        help="drop subjects shorter than N characters (default: %(default)s)",
+    )
     flt.add_argument("--allow_single_word_subject", action="store_true", help="keep one-word subjects")
     flt.add_argument("--allow_version_subject", action="store_true", help="keep subjects like 'v1.2.3'")
     flt.add_argument("--allow_hash_subject", action="store_true", help="keep subjects that are a commit hash")
@@ -379,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         ".json list or .jsonl of strings or objects); repeatable",
     )
     flt.add_argument(
-        "--decontaminate_field", default="prompt", help="the key to read from objects in --decontaminate files"
+        "--decontaminate_field",
+        default="prompt",
+        metavar="KEY",
+        help="the key to read from objects in --decontaminate files (default: %(default)s)",
     )
     flt.add_argument(
         "--tokenizer", metavar="PATH", help="tokenizer.json or model directory, to drop records over --max_tokens"
