@@ -271,12 +271,13 @@ def _prepare_data(
         first_row[(split, key)] = len(texts)
         texts.extend(sources[key].records[start:end])
     tokenized = _tokenize(texts, tokenizer, config)
-    lengths = np.asarray(tokenized["length"], dtype=np.int64)
-    target_counts = np.asarray(tokenized["num_target_tokens"], dtype=np.int64)
-    reasons = np.asarray(tokenized["drop_reason"], dtype=object)
-    truncated = np.asarray(tokenized["truncated"], dtype=bool)
     flat = tokenized.data.table
+    lengths = flat.column("length").to_numpy().astype(np.int64)
+    target_counts = flat.column("num_target_tokens").to_numpy().astype(np.int64)
+    reasons = np.asarray(flat.column("drop_reason").to_pylist(), dtype=object)
+    truncated = flat.column("truncated").to_numpy(zero_copy_only=False).astype(bool)
     offsets = flat.column("input_ids").combine_chunks().offsets.to_numpy()
+    offsets = offsets - offsets[0]  # a sliced array's offsets start where its values do; flatten() starts there too
     token_values = {
         name: flat.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         for name in ("input_ids", "labels")
