@@ -152,6 +152,20 @@ def test_large_blobs_are_skipped_unread(tmp_git_repo, tmp_path):
     assert report.dropped["not_utf8"] == 1
 
 
+def test_a_blob_missing_from_the_object_store_is_counted(tmp_git_repo, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_git_repo.path, damaged)
+    blob = subprocess.run(["git", "-C", str(damaged), "rev-parse", f"{tmp_git_repo.shas['latin1']}:big.txt"],
+                          env=git_env(), capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (damaged / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    records, report = build(damaged, tmp_path)
+    assert [r for r in records if r["new_file"] == "big.txt"] == []
+    assert report.dropped == {**EXPECTED_DROPPED, "missing_blob": 1}
+    assert report.written == 8
+
+
 def test_revision_range_and_max_commits_select_commits(tmp_git_repo, tmp_path):
     shas = tmp_git_repo.shas
     records, report = build(tmp_git_repo.path, tmp_path, git=GitOptions(rev=f"{shas['edit']}..{shas['binary']}"))
