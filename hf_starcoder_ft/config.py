@@ -264,8 +264,10 @@ def parse_train_args(
     except ConfigError:
         raise
     except ValueError as error:
-        where = f" (config file: {config_path})" if config_path else ""
-        raise ConfigError(f"{error}{where}") from error
+        message = str(error)
+        if config_path and "config file" in message:
+            message = message.replace("config file", f"config file {config_path}", 1)
+        raise ConfigError(message) from error
     return model_args, lora_args, data_config, training_args
 
 

@@ -37,7 +37,7 @@ HYPERPARAMETER_KEYS = (
     "global_batch_size",
     "loss_normalization",
     "bf16",
-    "gradient_checkpointing",
+    "activation_checkpointing",
     "seed",
 )
 

@@ -50,13 +50,19 @@ _PRESET_COMMON = dict(
 
 def resolve_tokenizer(model_args: ModelArguments, tokenizer_path: str | None):
     """The data config's tokenizer when given, else the model directory's own."""
+    if tokenizer_path is None and model_args.model_name_or_path is not None:
+        if not Path(model_args.model_name_or_path).is_dir():
+            raise ConfigError(
+                f"model_name_or_path {model_args.model_name_or_path}: no such model directory (the tokenizer is "
+                "read from it unless --tokenizer is given)"
+            )
     path = tokenizer_path or model_args.model_name_or_path
     if path is None:
         raise ConfigError("no tokenizer: set tokenizer (a tokenizer.json or model directory) with init_from_config")
     try:
         return load_tokenizer(path)
     except (TokenizerError, OSError, ValueError) as error:
-        raise ConfigError(f"tokenizer {path}: {error}") from error
+        raise ConfigError(f"tokenizer: {error}") from error
 
 
 def resolve_model_config(model_args: ModelArguments, tokenizer=None):

@@ -222,7 +222,7 @@ def _run(argv: list[str] | None) -> int:
     saved_use_cache = bool(model.config.use_cache)
     model.config.use_cache = False
     if lora_args.use_lora:
-        if training_args.gradient_checkpointing:
+        if training_args.activation_checkpointing:
             model.enable_input_require_grads()
         model = add_lora(model, lora_args)
 
@@ -230,8 +230,8 @@ def _run(argv: list[str] | None) -> int:
     collator = PackedCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=data_config.pad_to_multiple_of)
 
     # trainer
-    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
     preemption = PreemptionHandler()
     fingerprints = None
     if training_args.log_batch_fingerprints:
@@ -310,14 +310,24 @@ def _run(argv: list[str] | None) -> int:
         print(f"saved the final {'adapter' if lora_args.use_lora else 'model'} to {output_dir}", flush=True)
 
     # push: once, from the main process, token never printed
+    status = 0
     if push_requested and is_main:
         if training_args.push_dry_run:
             print(hub.describe_upload(output_dir, training_args.hub_model_id))
         else:
-            url = hub.push_folder(output_dir, training_args.hub_model_id, hub_token, training_args.hub_private_repo)
-            print(f"pushed {output_dir} to {url}", flush=True)
+            try:
+                url = hub.push_folder(output_dir, training_args.hub_model_id, hub_token, training_args.hub_private_repo)
+            except RuntimeError as error:
+                print(
+                    f"train: error: {error}\nThe trained model is saved in {output_dir}; push it later with "
+                    f"`hf upload {training_args.hub_model_id} {output_dir}`.",
+                    file=sys.stderr,
+                )
+                status = 1
+            else:
+                print(f"pushed {output_dir} to {url}", flush=True)
     trainer.accelerator.wait_for_everyone()
-    return 0
+    return status
 
 
 if __name__ == "__main__":
