@@ -3,13 +3,17 @@ megatron-to-hf options (tokenizer, dtype, sharding, activation, --verify, --prin
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 
 import pytest
 import torch
 from _convert_fixtures import (
     assert_states_bitwise_equal,
     encoder,
+    fake_megatron_modules,
     load_flat_rank,
     load_safetensors_dir,
     rank_dir,
@@ -178,8 +182,12 @@ def test_vocabulary_padding_kept_without_tokenizer(tiny_mqa_model_dir, tokenizer
     assert torch.equal(cut, load_safetensors_dir(tiny_mqa_model_dir)["transformer.wte.weight"])
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (384, 0, 0)
-    generation = json.loads((tmp_path / "cut" / "generation_config.json").read_text())
-    assert (generation["bos_token_id"], generation["eos_token_id"]) == (0, 0)
+    from transformers import AutoConfig, GenerationConfig, GPTBigCodeConfig
+
+    loaded = AutoConfig.from_pretrained(tmp_path / "cut")
+    assert isinstance(loaded, GPTBigCodeConfig) and loaded.tie_word_embeddings and loaded.n_inner == 64
+    generation = GenerationConfig.from_pretrained(tmp_path / "cut")
+    assert (generation.bos_token_id, generation.eos_token_id) == (0, 0)
     from hf_starcoder_ft.tokenizer import load_tokenizer
 
     assert len(load_tokenizer(tmp_path / "cut")) == 384
@@ -247,3 +255,32 @@ def test_print_structure(tiny_mqa_model_dir, tmp_path, capsys):
     assert "mp_rank_01_001/model_optim_rng.pt (tp=1, pp=1):" in output
     assert "model.word_embeddings_for_head.weight  [256, 32]  float32" in output
     assert "model.language_model.encoder.layers.0.self_attention.key_value.weight  [16, 32]  float32" in output
+
+
+def test_legacy_format_and_no_copy_file_range_give_the_same_bytes(tiny_mqa_model_dir, tmp_path, monkeypatch):
+    megatron = write_reference_checkpoint(tmp_path / "m", tiny_mqa_model_dir, tp=2, pp=2)
+    convert_megatron_to_hf(megatron, tmp_path / "zip", **QUIET)  # file-to-file copies (copy_file_range)
+    expected = load_safetensors_dir(tmp_path / "zip")
+
+    # Pre-zip serialization cannot be memory-mapped: tensors are read whole and written from memory.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(megatron, legacy)
+    for path in sorted(legacy.rglob("model_optim_rng.pt")):
+        content = load_flat_rank(path)["content"]
+        with fake_megatron_modules():
+            torch.save(content, path, _use_new_zipfile_serialization=False)
+        assert not load_rank_file(path).mmapped
+    convert_megatron_to_hf(legacy, tmp_path / "from_legacy", **QUIET)
+    assert_states_bitwise_equal(load_safetensors_dir(tmp_path / "from_legacy"), expected)
+
+    # A filesystem pair without copy_file_range: the writer falls back to read + write.
+    refused = []
+
+    def refuse(*args, **_kwargs):
+        refused.append(args)
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    convert_megatron_to_hf(megatron, tmp_path / "fallback", **QUIET)
+    assert len(refused) == 1  # tried once, then read + write for the rest of the file
+    assert_states_bitwise_equal(load_safetensors_dir(tmp_path / "fallback"), expected)

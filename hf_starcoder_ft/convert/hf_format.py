@@ -14,7 +14,9 @@ row-split weight), which are written back to back without being joined in memory
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -210,6 +212,62 @@ def _as_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """A tensor whose bytes already sit contiguously in a file (a memory-mapped rank file): the writer copies
+    them file to file (`copy_file_range`), so they never pass through this process's memory."""
+
+    tensor: torch.Tensor  # the same bytes, memory-mapped; read only when a dtype cast is needed
+    path: Path
+    offset: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
+
+    def first_rows(self, rows: int) -> FileSlice:
+        return FileSlice(self.tensor[:rows], self.path, self.offset)
+
+
+@dataclass(frozen=True)
+class ColumnSlices:
+    """A 2-D tensor split on dim 1 whose shards each lie contiguously in a file: row r of the whole is row r of
+    every shard in turn, so the writer copies it file to file one row segment at a time."""
+
+    shards: tuple[FileSlice, ...]
+
+    @property
+    def shape(self) -> torch.Size:
+        rows = self.shards[0].shape[0]
+        return torch.Size((rows, sum(shard.shape[1] for shard in self.shards)))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shards[0].dtype
+
+    def merged(self) -> torch.Tensor:
+        return torch.cat([shard.tensor for shard in self.shards], dim=1)
+
+
+Piece = torch.Tensor | FileSlice | ColumnSlices
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+
+
 class StreamingSafetensorsWriter:
     """Write planned tensors, in plan order, into shards of at most `max_shard_bytes` (HF's file naming).
 
@@ -241,17 +299,19 @@ class StreamingSafetensorsWriter:
         )
         self._position = 0  # index into plan of the next tensor expected
         self._shard = -1
-        self._file = None
+        self._fd: int | None = None
         self._remaining_in_shard = 0
+        self._sources: dict[Path, int] = {}
+        self._use_copy_file_range = hasattr(os, "copy_file_range")
 
-    def write(self, key: str, pieces: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> None:
+    def write(self, key: str, pieces: Piece | Sequence[Piece]) -> None:
         """Append tensor `key`, given whole or as pieces that concatenate along dim 0; cast to the planned dtype."""
         if self._position >= len(self.plan):
             raise RuntimeError(f"{key}: more tensors than planned")
         entry = self.plan[self._position]
         if key != entry.key:
             raise RuntimeError(f"expected tensor {entry.key} next, got {key}")
-        pieces = [pieces] if isinstance(pieces, torch.Tensor) else list(pieces)
+        pieces = [pieces] if isinstance(pieces, torch.Tensor | FileSlice | ColumnSlices) else list(pieces)
         rows = sum(piece.shape[0] for piece in pieces)
         trailing = {tuple(piece.shape[1:]) for piece in pieces}
         if trailing != {tuple(entry.shape[1:])} or rows != entry.shape[0]:
@@ -260,25 +320,63 @@ class StreamingSafetensorsWriter:
         if self._remaining_in_shard == 0:
             self._open_next_shard()
         for piece in pieces:
-            self._file.write(_as_bytes(piece.to(entry.dtype)))
+            if isinstance(piece, FileSlice) and piece.dtype == entry.dtype:
+                self._copy_file_bytes(piece.path, piece.offset, piece.nbytes)
+            elif isinstance(piece, ColumnSlices) and piece.dtype == entry.dtype:
+                row_bytes = [shard.nbytes // shard.shape[0] for shard in piece.shards]
+                for row in range(piece.shape[0]):
+                    for shard, size in zip(piece.shards, row_bytes, strict=True):
+                        self._copy_file_bytes(shard.path, shard.offset + row * size, size)
+            else:
+                tensor = piece.tensor if isinstance(piece, FileSlice) else piece
+                tensor = tensor.merged() if isinstance(tensor, ColumnSlices) else tensor
+                _write_all(self._fd, _as_bytes(tensor.to(entry.dtype)))
         self._position += 1
         self._remaining_in_shard -= 1
         if self._remaining_in_shard == 0:
-            self._file.close()
-            self._file = None
+            os.close(self._fd)
+            self._fd = None
+
+    def _copy_file_bytes(self, path: Path, offset: int, nbytes: int) -> None:
+        if path not in self._sources:
+            self._sources[path] = os.open(path, os.O_RDONLY)
+        source = self._sources[path]
+        while nbytes:
+            if self._use_copy_file_range:
+                try:
+                    copied = os.copy_file_range(source, self._fd, nbytes, offset)
+                except OSError as error:
+                    if error.errno not in _NO_COPY_FILE_RANGE:
+                        raise
+                    self._use_copy_file_range = False  # e.g. across filesystems on older kernels: read + write
+                    continue
+            else:
+                chunk = os.pread(source, min(nbytes, 16 << 20), offset)
+                _write_all(self._fd, chunk)
+                copied = len(chunk)
+            if copied == 0:
+                raise RuntimeError(f"{path}: file ends before byte {offset + nbytes} (truncated while converting?)")
+            offset += copied
+            nbytes -= copied
 
     def _open_next_shard(self) -> None:
         self._shard += 1
         entries = self.shards[self._shard]
-        self._file = open(self.out_dir / self.file_names[self._shard], "wb")  # noqa: SIM115 (closed in write/close)
-        self._file.write(_header_bytes(entries))
+        self._fd = os.open(self.out_dir / self.file_names[self._shard], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _write_all(self._fd, _header_bytes(entries))
         self._remaining_in_shard = len(entries)
+
+    def _close_files(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for source in self._sources.values():
+            os.close(source)
+        self._sources.clear()
 
     def close(self) -> None:
         """Check every planned tensor was written, then write the index (several shards only)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_files()
         if self._position != len(self.plan):
             missing = [entry.key for entry in self.plan[self._position :]]
             raise RuntimeError(f"conversion ended before writing {len(missing)} tensors, first {missing[0]}")
@@ -290,6 +388,4 @@ class StreamingSafetensorsWriter:
             (self.out_dir / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_files()

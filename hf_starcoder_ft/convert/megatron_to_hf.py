@@ -11,6 +11,8 @@ Peak memory stays near one layer's tensors plus the interpreter, whatever the mo
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,9 @@ import torch
 
 from hf_starcoder_ft.convert.hf_format import (
     DTYPE_CHOICES,
+    ColumnSlices,
+    FileSlice,
+    Piece,
     PlannedTensor,
     StreamingSafetensorsWriter,
     parse_size,
@@ -83,37 +88,71 @@ def check_stage_tensors(spec: ModelSpec, pp_rank: int, ranks: list[RankFile]) ->
     return flats
 
 
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    flat = tensor.contiguous().reshape(-1)
-    return hashlib.sha256(memoryview(flat.view(torch.uint8).numpy()).cast("B")).hexdigest()
+def _tensor_digest(rank: RankFile, tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes, read from the file in chunks when its offset is known (no pages kept)."""
+    digest = hashlib.sha256()
+    offset = rank.file_offset(tensor)
+    if offset is None:
+        flat = tensor.contiguous().reshape(-1)
+        digest.update(memoryview(flat.view(torch.uint8).numpy()).cast("B"))
+        return digest.hexdigest()
+    remaining = tensor.numel() * tensor.element_size()
+    with open(rank.path, "rb", buffering=0) as file:
+        while remaining:
+            chunk = os.pread(file.fileno(), min(remaining, 16 << 20), offset)
+            if not chunk:
+                raise MegatronCheckpointError(f"{rank.path}: file ends inside {HEAD_EMBEDDINGS} or the word embeddings")
+            digest.update(chunk)
+            offset += len(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
 
 
-def _limit_rows(pieces: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+def _limit_rows(pieces: list[Piece], rows: int) -> list[Piece]:
     """Keep the first `rows` rows of pieces that concatenate along dim 0 (vocabulary padding removal)."""
     kept, remaining = [], rows
     for piece in pieces:
         if remaining <= 0:
             break
-        kept.append(piece[:remaining])
+        kept.append(piece.first_rows(remaining) if isinstance(piece, FileSlice) else piece[:remaining])
         remaining -= piece.shape[0]
     return kept
 
 
 def rule_pieces(
-    rule: BoundRule, flats: list[dict[str, torch.Tensor]], warn: Callable[[str], None] | None
-) -> list[torch.Tensor]:
-    """The pieces (concatenating along dim 0) of one HF tensor, from one stage's flattened TP rank states.
+    rule: BoundRule,
+    ranks: list[RankFile],
+    flats: list[dict[str, torch.Tensor]],
+    warn: Callable[[str], None] | None,
+    file_slices: bool = False,
+) -> list[Piece]:
+    """The pieces (concatenating along dim 0) of one HF tensor, from one stage's TP rank files.
 
-    Row-split shards are returned as they are (they are written back to back, never joined in memory);
-    column-split ones are joined; replicated ones are checked for agreement and taken from rank 0.
+    Row-split shards are returned as they are (written back to back, never joined in memory); column-split
+    ones are joined; replicated ones are checked for agreement and taken from rank 0. With `file_slices`, a
+    piece that lies contiguously in its rank file comes back as a `FileSlice` (column-split shards as one
+    `ColumnSlices`), for a file-to-file copy.
     """
-    pieces: list[torch.Tensor] = []
+
+    def as_piece(rank: RankFile, tensor: torch.Tensor) -> Piece:
+        offset = rank.file_offset(tensor) if file_slices else None
+        return tensor if offset is None else FileSlice(tensor, rank.path, offset)
+
+    pieces: list[Piece] = []
     for part in rule.parts:
         shards = [flat[part.megatron] for flat in flats]
         if part.split is Split.ROWS:
-            pieces += shards
+            pieces += [as_piece(rank, shard) for rank, shard in zip(ranks, shards, strict=True)]
+        elif part.split is Split.REPLICATED:
+            pieces.append(as_piece(ranks[0], merge_tensor_parallel(shards, part.split, part.megatron, warn)))
         else:
-            pieces.append(merge_tensor_parallel(shards, part.split, part.megatron, on_mismatch=warn))
+            in_files = [as_piece(rank, shard) for rank, shard in zip(ranks, shards, strict=True)]
+            if all(isinstance(piece, FileSlice) for piece in in_files) and len(in_files) > 1:
+                pieces.append(ColumnSlices(tuple(in_files)))
+                continue
+            for rank, shard in zip(ranks, shards, strict=True):
+                rank.prefetch(shard)  # about to be read whole: map it in one call
+            pieces.append(merge_tensor_parallel(shards, part.split, part.megatron, warn))
     return pieces
 
 
@@ -122,13 +161,13 @@ def iter_hf_tensors(
     vocab_rows: int | None = None,
     on_warning: Callable[[str], None] | None = None,
     release_pages: bool = True,
-) -> Iterator[tuple[str, list[torch.Tensor]]]:
+) -> Iterator[tuple[str, list[Piece]]]:
     """Yield `(hf_key, pieces)` in HF order, stage by stage; the pieces concatenate along dim 0 to the tensor.
 
-    The pieces are views into memory-mapped rank files (or freshly merged column-split tensors) and are only
-    valid until the next item is requested; their pages are released then. `vocab_rows` cuts the vocabulary
-    padding (None keeps the padded vocabulary). The tied head copy of PP > 1 checkpoints is checked against the
-    word embeddings by digest, since HF keeps only one of them.
+    Pieces are `FileSlice`s (bytes lying in a rank file, to copy file to file) or tensors (column-split
+    weights merged in memory); either is valid only until the next item is requested, when the pages of the
+    consumed rank-file tensors are released. `vocab_rows` cuts the vocabulary padding (None keeps it). The
+    tied head copy of PP > 1 checkpoints is checked against the word embeddings by digest, as HF keeps one.
     """
     spec = checkpoint.spec
     vocab_rows = spec.padded_vocab_size if vocab_rows is None else vocab_rows
@@ -137,10 +176,12 @@ def iter_hf_tensors(
     for pp_rank, ranks in checkpoint.iter_stages():
         flats = check_stage_tensors(spec, pp_rank, ranks)
         for rule in stage_rules(spec, pp_rank):
-            pieces = rule_pieces(rule, flats, warn)
+            pieces = rule_pieces(rule, ranks, flats, warn, file_slices=True)
             if rule.hf == HF_WTE:
                 if spec.pp > 1:
-                    embedding_digests = [_tensor_digest(flat[WORD_EMBEDDINGS]) for flat in flats]
+                    embedding_digests = [
+                        _tensor_digest(rank, flat[WORD_EMBEDDINGS]) for rank, flat in zip(ranks, flats, strict=True)
+                    ]
                 pieces = _limit_rows(pieces, vocab_rows)
             yield rule.hf, pieces
             del pieces
@@ -149,15 +190,15 @@ def iter_hf_tensors(
                     for part in rule.parts:
                         rank.release(flat[part.megatron])
         if spec.pp > 1 and pp_rank == spec.pp - 1:
-            for tp_rank, flat in enumerate(flats):
+            for tp_rank, (rank, flat) in enumerate(zip(ranks, flats, strict=True)):
                 head = flat[HEAD_EMBEDDINGS]
-                if _tensor_digest(head) != embedding_digests[tp_rank]:
+                if _tensor_digest(rank, head) != embedding_digests[tp_rank]:
                     warn(
-                        f"{ranks[tp_rank].path}: {HEAD_EMBEDDINGS} differs from the first stage's {WORD_EMBEDDINGS} "
+                        f"{rank.path}: {HEAD_EMBEDDINGS} differs from the first stage's {WORD_EMBEDDINGS} "
                         f"(TP rank {tp_rank}); HF ties lm_head to wte, so the word embeddings are used for both"
                     )
                 if release_pages:
-                    ranks[tp_rank].release(head)
+                    rank.release(head)
         del flats, ranks
 
 
@@ -190,7 +231,7 @@ class MegatronAsHF:
             self._stage = None
             ranks = [self.checkpoint.load_rank(tp_rank, pp_rank) for tp_rank in range(self.checkpoint.spec.tp)]
             self._stage = (pp_rank, ranks, check_stage_tensors(self.checkpoint.spec, pp_rank, ranks))
-        pieces = rule_pieces(rule, self._stage[2], self.warn)
+        pieces = rule_pieces(rule, self._stage[1], self._stage[2], self.warn)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
     def file_of(self, key: str) -> Path:
@@ -202,35 +243,40 @@ def plan_hf_tensors(spec: ModelSpec, vocab_rows: int, dtype: torch.dtype) -> lis
     return [PlannedTensor(rule.hf, hf_shape(spec, rule.hf, vocab_rows), dtype) for rule in all_rules(spec)]
 
 
-def hf_config_for(spec: ModelSpec, args, vocab_rows: int, dtype: torch.dtype, bos_id: int, eos_id: int):
-    """The GPTBigCode config that reproduces the Megatron model (activation and epsilon follow `args`)."""
-    from transformers import GPTBigCodeConfig
+def hf_config_for(spec: ModelSpec, args, vocab_rows: int, dtype: torch.dtype, bos_id: int, eos_id: int) -> dict:
+    """config.json of the GPTBigCode model that reproduces the Megatron one (activation and epsilon follow `args`).
 
+    Written as plain JSON so that converting does not pay for importing transformers; the tests load it back
+    with `from_pretrained`.
+    """
     hidden_dropout = float(getattr(args, "hidden_dropout", 0.1) or 0.0)
     attention_dropout = float(getattr(args, "attention_dropout", 0.1) or 0.0)
-    config = GPTBigCodeConfig(
-        vocab_size=vocab_rows,
-        n_positions=spec.max_position_embeddings,
-        n_embd=spec.hidden_size,
-        n_layer=spec.num_layers,
-        n_head=spec.num_attention_heads,
-        n_inner=spec.ffn_hidden_size,
-        multi_query=spec.multi_query,
-        activation_function=spec.activation,
-        layer_norm_epsilon=spec.layernorm_epsilon,
-        resid_pdrop=hidden_dropout,
-        embd_pdrop=hidden_dropout,
-        attn_pdrop=attention_dropout,
-        attention_softmax_in_fp32=spec.attention_softmax_in_fp32,
-        scale_attention_softmax_in_fp32=spec.attention_softmax_in_fp32,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        use_cache=True,
-        tie_word_embeddings=True,
-        architectures=["GPTBigCodeForCausalLM"],
-    )
-    config.dtype = dtype
-    return config
+    return {
+        "architectures": ["GPTBigCodeForCausalLM"],
+        "model_type": "gpt_bigcode",
+        "vocab_size": vocab_rows,
+        "n_positions": spec.max_position_embeddings,
+        "n_embd": spec.hidden_size,
+        "n_layer": spec.num_layers,
+        "n_head": spec.num_attention_heads,
+        "n_inner": spec.ffn_hidden_size,
+        "multi_query": spec.multi_query,
+        "activation_function": spec.activation,
+        "layer_norm_epsilon": spec.layernorm_epsilon,
+        "resid_pdrop": hidden_dropout,
+        "embd_pdrop": hidden_dropout,
+        "attn_pdrop": attention_dropout,
+        "initializer_range": float(getattr(args, "init_method_std", 0.02) or 0.02),
+        "scale_attn_weights": True,
+        "attention_softmax_in_fp32": spec.attention_softmax_in_fp32,
+        "scale_attention_softmax_in_fp32": spec.attention_softmax_in_fp32,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "use_cache": True,
+        "tie_word_embeddings": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 @dataclass
@@ -269,8 +315,13 @@ def convert_megatron_to_hf(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    release_pages: bool = True,
 ) -> MegatronToHFReport:
-    """Convert a Megatron checkpoint folder into an HF model folder (written atomically)."""
+    """Convert a Megatron checkpoint folder into an HF model folder (written atomically).
+
+    `release_pages=False` keeps each stage's mapped pages resident until the stage is dropped (for the benchmark's
+    comparison; there is no reason to use it otherwise).
+    """
     from tqdm.auto import tqdm
 
     checkpoint = open_checkpoint(megatron_dir, iteration)
@@ -317,7 +368,7 @@ def convert_megatron_to_hf(
         writer = StreamingSafetensorsWriter(tmp, plan, parse_size(max_shard_size))
         bar = tqdm(total=len(plan), desc="megatron-to-hf", unit="tensor", disable=not progress)
         try:
-            for key, pieces in iter_hf_tensors(checkpoint, vocab_rows, on_warning=warn):
+            for key, pieces in iter_hf_tensors(checkpoint, vocab_rows, on_warning=warn, release_pages=release_pages):
                 if dtype == "auto" and any(piece.dtype != out_dtype for piece in pieces):
                     raise MegatronCheckpointError(
                         f"{key}: stored as {pieces[0].dtype}, other tensors as {out_dtype}; pass --dtype to choose one"
@@ -332,10 +383,9 @@ def convert_megatron_to_hf(
             bar.close()
 
         config = hf_config_for(spec, checkpoint.args, vocab_rows, out_dtype, bos_id, eos_id)
-        config.save_pretrained(tmp)
-        from transformers import GenerationConfig
-
-        GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id).save_pretrained(tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         if loaded_tokenizer is not None:
             loaded_tokenizer.save_pretrained(tmp)
 
