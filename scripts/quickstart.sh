@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# Library deprecation chatter (torch.distributed, DeepSpeed) would bury the output that matters.
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning}"
 OUT="${OUT:-quickstart_out}"
 rm -rf "$OUT"
 mkdir -p "$OUT/data"
