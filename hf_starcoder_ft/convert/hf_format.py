@@ -9,7 +9,8 @@ Reading accepts `model.safetensors`, `model.safetensors.index.json` (+ shards), 
 Writing knows every tensor's name, shape and dtype in advance (the conversion plans them from `args`), so each
 shard's safetensors header is written first and tensor bytes are appended as they are produced: no shard is
 ever held in memory. A tensor may arrive as several pieces that concatenate along dim 0 (TP shards of a
-row-split weight), which are written back to back without being joined in memory.
+row-split weight), written back to back without being joined; a piece that already lies in a file
+(`FileSlice`, `ColumnSlices`) is copied file to file.
 """
 
 from __future__ import annotations

@@ -229,7 +229,8 @@ def _zip_data_offsets(path: Path) -> list[int]:
 
 
 def _mapping_base(path: Path, content: dict) -> int | None:
-    """The address at which torch mapped `path`: lowest storage address minus lowest data record offset."""
+    """The address at which torch mapped `path` (lowest storage address minus lowest data record offset), or
+    None if the storages do not line up with the file's records as one mapping of the whole file would."""
     try:
         offsets = _zip_data_offsets(path)
     except (zipfile.BadZipFile, OSError, struct.error):
@@ -251,7 +252,12 @@ def _mapping_base(path: Path, content: dict) -> int | None:
     visit(content)
     if not offsets or not addresses:
         return None
-    return min(addresses) - min(offsets)
+    base = min(addresses) - min(offsets)
+    # Trust it only if every storage starts exactly at one of the file's data records.
+    record_starts = set(offsets)
+    if any(address - base not in record_starts for address in addresses):
+        return None
+    return base
 
 
 _UNSAFE_MARKERS = ("GLOBAL", "allowlisted", "unrecognized function", "blocked", "add_safe_globals")

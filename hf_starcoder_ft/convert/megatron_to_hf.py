@@ -3,9 +3,13 @@
     hf-starcoder-ft convert megatron-to-hf --megatron starcoderbase-megatron --out starcoder-hf \\
         --tokenizer tokenizer.json --verify
 
-One pipeline stage is loaded at a time (its TP rank files, memory-mapped), and within it one tensor at a time
-is merged and appended to the open safetensors shard; the pages of each consumed tensor are released at once.
-Peak memory stays near one layer's tensors plus the interpreter, whatever the model's size.
+One pipeline stage is opened at a time (its TP rank files, memory-mapped, so opening reads only the pickle),
+and within it one HF tensor at a time is produced and appended to the open safetensors shard, whose header is
+written first because every name, shape and dtype is planned from `args`. Bytes that lie contiguously in a rank
+file are copied file to file (`copy_file_range`): row-split shards whole, one after another, and column-split
+shards one row segment at a time. Only what must be computed passes through memory (replicated tensors checked
+for agreement across ranks, dtype casts, files in the pre-zip format), and the pages of each consumed tensor are
+released at once. Peak memory stays near the interpreter's own, whatever the model's size.
 """
 
 from __future__ import annotations
