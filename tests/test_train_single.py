@@ -162,3 +162,18 @@ def test_failed_push_keeps_the_model_and_hides_the_token(fake_hub, train_model_d
     assert "push to someone/unreachable failed" in captured.err and "hf upload" in captured.err
     assert TOKEN not in captured.out + captured.err
     assert (out / "model.safetensors").is_file()
+
+
+def test_activation_checkpointing_with_lora_gives_the_same_losses(train_model_dir, addition_data, tmp_path):
+    """Recomputing activations (with LoRA's frozen inputs needing grads) changes memory, not the numbers."""
+    runs = {}
+    for checkpointing in ("false", "true"):
+        out = tmp_path / f"lora-{checkpointing}"
+        argv = base_args(train_model_dir, addition_data, out, max_steps=2, eval_strategy="no", save_strategy="no")
+        argv += ["--use_lora", "--lora_dropout", "0.0", "--activation_checkpointing", checkpointing]
+        assert main(argv) == 0
+        runs[checkpointing] = step_losses(out)
+        assert (out / "adapter_model.safetensors").is_file()
+        summary = json.loads((out / "run_summary.json").read_text())
+        assert summary["hyperparameters"]["activation_checkpointing"] is (checkpointing == "true")
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-6)

@@ -1,0 +1,160 @@
+"""The real launcher: `accelerate launch` with DeepSpeed ZeRO-3 on 2 CPU processes (launch/zero3_cpu_2proc.yaml).
+
+Three launches (each tens of seconds on a small CPU): a full fine-tune that checkpoints halfway, its resume from
+that checkpoint, and a LoRA run. The full run is checked against a one-process run on the same data with
+4 accumulation steps: same global batches, so the same loss at every step and the same final weights. That
+single comparison shows that the ranks read different data, that the loss is normalized over the global batch
+across ranks, and that the model saved under ZeRO-3 is the trained one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _train_fixtures import (  # noqa: F401
+    addition_data_fixture,
+    base_args,
+    eval_entries,
+    fingerprints,
+    launch,
+    load_weights,
+    step_losses,
+    train_model_dir_fixture,
+)
+
+from hf_starcoder_ft.train import main
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def zero3_run(train_model_dir, addition_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero3") / "run"
+    result = launch(base_args(train_model_dir, addition_data, out, log_batch_fingerprints="true"))
+    assert "global batch 4 = 1 per device x 2 accumulation x 2 processes" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_process_run(train_model_dir, addition_data, tmp_path_factory):
+    """The same global batches in one process: 1 row per micro-batch, 4 accumulation steps."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(base_args(train_model_dir, addition_data, out, log_batch_fingerprints="true")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero3_resumed(zero3_run, train_model_dir, addition_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero3_resumed") / "run"
+    argv = base_args(train_model_dir, addition_data, out, resume_from_checkpoint=zero3_run / "checkpoint-3")
+    result = launch(argv)
+    assert "resuming from" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_run(train_model_dir, addition_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "run"
+    argv = base_args(train_model_dir, addition_data, out, max_steps=3, eval_steps=3, save_steps=3, learning_rate=0.01)
+    launch(argv + ["--use_lora", "--lora_r", "4", "--lora_alpha", "8"])
+    return out
+
+
+def test_ranks_read_different_rows_which_together_are_the_global_batch(zero3_run, single_process_run):
+    distributed, single = fingerprints(zero3_run), fingerprints(single_process_run)
+    assert {r["rank"] for r in distributed} == {0, 1}
+    for step in range(1, 7):
+        by_rank = {
+            rank: [row for r in distributed if r["step"] == step and r["rank"] == rank for row in r["rows"]]
+            for rank in (0, 1)
+        }
+        assert len(by_rank[0]) == len(by_rank[1]) == 2  # 2 micro-batches of 1 row per rank
+        assert not set(by_rank[0]) & set(by_rank[1]), f"step {step}: both ranks trained on the same row"
+        expected = sorted(row for r in single if r["step"] == step for row in r["rows"])
+        assert sorted(by_rank[0] + by_rank[1]) == expected
+    all_rows = [row for r in distributed for row in r["rows"]]
+    assert len(all_rows) == len(set(all_rows)) == 24  # 6 steps x 4 rows, all different (no epoch wrapped)
+
+
+def test_zero3_losses_and_weights_equal_the_single_process_run(zero3_run, single_process_run):
+    distributed, single = step_losses(zero3_run), step_losses(single_process_run)
+    assert sorted(distributed) == [1, 2, 3, 4, 5, 6]
+    for step in distributed:
+        assert distributed[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6), step
+    for step, entry in eval_entries(zero3_run).items():
+        assert entry["eval_loss"] == pytest.approx(eval_entries(single_process_run)[step]["eval_loss"], rel=1e-5)
+    zero3_weights, single_weights = load_weights(zero3_run), load_weights(single_process_run)
+    assert zero3_weights.keys() == single_weights.keys()
+    for name, tensor in zero3_weights.items():
+        torch.testing.assert_close(tensor, single_weights[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_loss_falls_on_the_toy_task(zero3_run):
+    losses = step_losses(zero3_run)
+    assert losses[6] < losses[1] - 0.2
+    evals = eval_entries(zero3_run)
+    assert evals[6]["eval_loss"] < evals[3]["eval_loss"]
+
+
+def test_saved_model_loads_and_is_the_trained_one(zero3_run, train_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(zero3_run)
+    assert model.config.use_cache is True
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    saved, start = load_weights(zero3_run), load_weights(train_model_dir)
+    for name, tensor in model.state_dict().items():
+        key = "transformer.wte.weight" if name == "lm_head.weight" else name
+        assert torch.equal(tensor, saved[key]), name
+        assert tensor.numel() > 0, f"{name} saved empty (ZeRO-3 partition placeholder)"
+    assert sum(not torch.equal(saved[k], start[k]) for k in saved) == len(saved)  # every tensor trained
+    checkpoint = load_weights(zero3_run / "checkpoint-3")
+    assert checkpoint.keys() == saved.keys() and all(t.numel() > 0 for t in checkpoint.values())
+
+
+def test_zero3_resume_reproduces_the_uninterrupted_run(zero3_run, zero3_resumed):
+    assert step_losses(zero3_resumed) == step_losses(zero3_run)  # exact, every step
+    straight, resumed = load_weights(zero3_run), load_weights(zero3_resumed)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    state = json.loads((zero3_resumed / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+
+def test_lora_adapter_is_saved_nonempty_and_merges_exactly(lora_run, train_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hf_starcoder_ft.model import merge_lora_main
+
+    assert not (lora_run / "model.safetensors").exists()
+    adapter = load_weights(lora_run, "adapter_model.safetensors")
+    assert len(adapter) == 2 * 2 * 4  # 2 layers x (c_attn, attn.c_proj, c_fc, mlp.c_proj) x (A, B)
+    for name, tensor in adapter.items():
+        assert tensor.numel() > 0 and 4 in tensor.shape, name
+        if "lora_B" in name:
+            assert tensor.abs().max() > 0, f"{name} is still zero: the adapter did not train (or saved empty)"
+
+    merged_dir = tmp_path / "merged"
+    assert merge_lora_main(["--adapter", str(lora_run), "--output_dir", str(merged_dir), "--dtype", "float32"]) == 0
+    base = AutoModelForCausalLM.from_pretrained(train_model_dir, dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, str(lora_run)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    plain = AutoModelForCausalLM.from_pretrained(train_model_dir).eval()
+    ids = torch.randint(19, 384, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+        before = plain(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (expected - before).abs().max() > 1e-3  # the adapter changes the outputs
+
+    bf16_dir = tmp_path / "merged-bf16"
+    assert merge_lora_main(["--adapter", str(lora_run), "--output_dir", str(bf16_dir)]) == 0
+    merged_bf16 = AutoModelForCausalLM.from_pretrained(bf16_dir)
+    assert merged_bf16.dtype == torch.bfloat16
+    with torch.no_grad():
+        got_bf16 = merged_bf16(input_ids=ids).logits.float()
+    assert (got_bf16 - expected).abs().max() < 0.1 * (expected - before).abs().max() + 0.05
