@@ -21,6 +21,7 @@ an unknown key fails loudly):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,6 +75,15 @@ class ModelArguments:
             raise ConfigError("give either model_name_or_path (weights) or init_from_config (random init), not both")
         if not self.model_name_or_path and not self.init_from_config:
             raise ConfigError("model_name_or_path is required (or init_from_config for a random smoke-test model)")
+        from hf_starcoder_ft.attention import SUPPORTED_IMPLEMENTATIONS
+
+        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r} is not supported for packed training; "
+                f"choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
+            )
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("attn_implementation flash_attention_2 needs the flash-attn package; use sdpa")
         if self.model_dtype not in MODEL_DTYPES:
             raise ConfigError(f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

@@ -88,6 +88,10 @@ class PreemptionHandler:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python only delivers signals to the main thread; a caller elsewhere keeps its own handling
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 

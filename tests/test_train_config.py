@@ -104,6 +104,11 @@ def test_resume_from_a_directory_that_is_not_a_checkpoint(run_bad, train_model_d
     assert "not a checkpoint directory" in run_bad(argv)
 
 
+def test_attention_implementation_that_cannot_isolate_documents(run_bad, train_model_dir, addition_data, tmp_path):
+    argv = base_args(train_model_dir, addition_data, tmp_path / "out", attn_implementation="flex_attention")
+    assert "attn_implementation 'flex_attention' is not supported for packed training" in run_bad(argv)
+
+
 def test_zero3_without_gathered_weights_is_refused():
     config = json.loads((REPO_ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
     check_deepspeed_config(config)

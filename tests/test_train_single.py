@@ -177,3 +177,24 @@ def test_activation_checkpointing_with_lora_gives_the_same_losses(train_model_di
         summary = json.loads((out / "run_summary.json").read_text())
         assert summary["hyperparameters"]["activation_checkpointing"] is (checkpointing == "true")
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-6)
+
+
+@pytest.mark.parametrize("source", ["preset", "config_json"])
+def test_init_from_config_builds_a_random_model_for_smoke_tests(
+    source, tokenizer_json, train_model_dir, addition_data, tmp_path
+):
+    from transformers import AutoModelForCausalLM
+
+    init = "tiny" if source == "preset" else str(train_model_dir / "config.json")
+    out = tmp_path / "run"
+    argv = base_args(train_model_dir, addition_data, out, max_steps=1, eval_strategy="no", save_strategy="no")
+    index = argv.index("--model_name_or_path")
+    del argv[index : index + 2]
+    assert main(argv + ["--init_from_config", init, "--tokenizer", str(tokenizer_json)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    expected = (64, 384) if source == "preset" else (32, 384)  # preset: vocab = tokenizer size rounded to 128
+    assert (model.config.n_embd, model.config.vocab_size) == expected
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert load_weights(out)[key].shape != load_weights(train_model_dir)[key].shape or not torch.equal(
+        load_weights(out)[key], load_weights(train_model_dir)[key]
+    )
