@@ -18,6 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(directory: bool) -> int:
+    """The mode a plain `open`/`mkdir` would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 class OutputExistsError(FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
@@ -30,6 +37,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
         raise OutputExistsError(f"{path} already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
         if path.exists():
@@ -54,6 +62,7 @@ def atomic_write(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, _default_mode(directory=False))
     try:
         yield tmp
         os.replace(tmp, path)

@@ -37,3 +37,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+        with atomic_write(tmp_path / "file.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "file.txt").stat().st_mode) == 0o644
