@@ -216,6 +216,8 @@ def main() -> int:
     )
     print(f"python + torch + imports alone: peak RSS {floor['peak_rss'] / gib:.3f} GiB")
     print(f"time ratio, conversion / copy (medians): {convert_seconds / copy_seconds:.2f}  (goal <= 2.5)")
+    fastest = min(result["seconds"] for result in conversions) / min(copies)
+    print(f"  fastest conversion / fastest copy:     {fastest:.2f}")
     print(f"peak RSS / checkpoint size:              {peak / size:.3f}  (goal <= 0.35)")
     print(f"  in-memory conversion:                  {in_memory['peak_rss'] / size:.3f}")
     print(f"  streaming, above the import floor:     {(peak - floor['peak_rss']) / size:.3f}")

@@ -10,7 +10,8 @@ Writing knows every tensor's name, shape and dtype in advance (the conversion pl
 shard's safetensors header is written first and tensor bytes are appended as they are produced: no shard is
 ever held in memory. A tensor may arrive as several pieces that concatenate along dim 0 (TP shards of a
 row-split weight), written back to back without being joined; a piece that already lies in a file
-(`FileSlice`, `ColumnSlices`) is copied file to file.
+(`FileSlice`, or `ColumnSlices` for the shards of a column-split weight, row segment by row segment) is copied
+file to file with `copy_file_range`, falling back to read + write where the kernel or filesystem refuses.
 """
 
 from __future__ import annotations
@@ -247,15 +248,14 @@ class FileSlice:
 
 @dataclass(frozen=True)
 class ColumnSlices:
-    """A 2-D tensor split on dim 1 whose shards each lie contiguously in a file: row r of the whole is row r of
-    every shard in turn, so the writer copies it file to file one row segment at a time."""
+    """A 2-D tensor split on dim 1 (a row-parallel weight) whose shards each lie contiguously in a file: row r of
+    the whole is row r of every shard in turn, so the writer copies it file to file one row segment at a time."""
 
     shards: tuple[FileSlice, ...]
 
     @property
     def shape(self) -> torch.Size:
-        rows = self.shards[0].shape[0]
-        return torch.Size((rows, sum(shard.shape[1] for shard in self.shards)))
+        return torch.Size((self.shards[0].shape[0], sum(shard.shape[1] for shard in self.shards)))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -324,10 +324,7 @@ class StreamingSafetensorsWriter:
             if isinstance(piece, FileSlice) and piece.dtype == entry.dtype:
                 self._copy_file_bytes(piece.path, piece.offset, piece.nbytes)
             elif isinstance(piece, ColumnSlices) and piece.dtype == entry.dtype:
-                row_bytes = [shard.nbytes // shard.shape[0] for shard in piece.shards]
-                for row in range(piece.shape[0]):
-                    for shard, size in zip(piece.shards, row_bytes, strict=True):
-                        self._copy_file_bytes(shard.path, shard.offset + row * size, size)
+                self._copy_column_slices(piece)
             else:
                 tensor = piece.tensor if isinstance(piece, FileSlice) else piece
                 tensor = tensor.merged() if isinstance(tensor, ColumnSlices) else tensor
@@ -338,10 +335,34 @@ class StreamingSafetensorsWriter:
             os.close(self._fd)
             self._fd = None
 
-    def _copy_file_bytes(self, path: Path, offset: int, nbytes: int) -> None:
+    def _source(self, path: Path) -> int:
         if path not in self._sources:
             self._sources[path] = os.open(path, os.O_RDONLY)
-        source = self._sources[path]
+        return self._sources[path]
+
+    def _copy_column_slices(self, piece: ColumnSlices) -> None:
+        """Row by row, each shard's row segment in turn (the hot loop of a conversion: kept tight)."""
+        segments = [(self._source(shard.path), shard.offset, shard.nbytes // shard.shape[0]) for shard in piece.shards]
+        rows = piece.shape[0]
+        if self._use_copy_file_range:
+            copy, destination = os.copy_file_range, self._fd
+            try:
+                for row in range(rows):
+                    for source, offset, size in segments:
+                        if copy(source, destination, size, offset + row * size) != size:
+                            raise OSError(errno.EIO, "short copy")
+                return
+            except OSError as error:
+                if error.errno not in _NO_COPY_FILE_RANGE or row or source != segments[0][0]:
+                    raise
+                self._use_copy_file_range = False  # nothing was copied yet: fall back for good
+        for row in range(rows):
+            for shard in piece.shards:
+                size = shard.nbytes // shard.shape[0]
+                self._copy_file_bytes(shard.path, shard.offset + row * size, size)
+
+    def _copy_file_bytes(self, path: Path, offset: int, nbytes: int) -> None:
+        source = self._source(path)
         while nbytes:
             if self._use_copy_file_range:
                 try:

@@ -6,7 +6,7 @@
 One pipeline stage is opened at a time (its TP rank files, memory-mapped, so opening reads only the pickle),
 and within it one HF tensor at a time is produced and appended to the open safetensors shard, whose header is
 written first because every name, shape and dtype is planned from `args`. Bytes that lie contiguously in a rank
-file are copied file to file (`copy_file_range`): row-split shards whole, one after another, and column-split
+file are copied file to file (`copy_file_range`): row-split shards whole, one after another, column-split
 shards one row segment at a time. Only what must be computed passes through memory (replicated tensors checked
 for agreement across ranks, dtype casts, files in the pre-zip format), and the pages of each consumed tensor are
 released at once. Peak memory stays near the interpreter's own, whatever the model's size.
@@ -92,24 +92,52 @@ def check_stage_tensors(spec: ModelSpec, pp_rank: int, ranks: list[RankFile]) ->
     return flats
 
 
-def _tensor_digest(rank: RankFile, tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes, read from the file in chunks when its offset is known (no pages kept)."""
-    digest = hashlib.sha256()
-    offset = rank.file_offset(tensor)
-    if offset is None:
+@dataclass(frozen=True)
+class _TensorBytes:
+    """Where a tensor's bytes can be read again later, once its rank file is no longer loaded: a file range,
+    or (pre-zip files, which cannot be located) a digest of the bytes."""
+
+    path: Path
+    offset: int | None
+    nbytes: int
+    digest: str | None = None
+
+    @classmethod
+    def of(cls, rank: RankFile, tensor: torch.Tensor) -> _TensorBytes:
+        offset = rank.file_offset(tensor)
+        nbytes = tensor.numel() * tensor.element_size()
+        if offset is not None:
+            return cls(rank.path, offset, nbytes)
         flat = tensor.contiguous().reshape(-1)
-        digest.update(memoryview(flat.view(torch.uint8).numpy()).cast("B"))
-        return digest.hexdigest()
-    remaining = tensor.numel() * tensor.element_size()
-    with open(rank.path, "rb", buffering=0) as file:
-        while remaining:
-            chunk = os.pread(file.fileno(), min(remaining, 16 << 20), offset)
-            if not chunk:
-                raise MegatronCheckpointError(f"{rank.path}: file ends inside {HEAD_EMBEDDINGS} or the word embeddings")
+        digest = hashlib.sha256(memoryview(flat.view(torch.uint8).numpy()).cast("B")).hexdigest()
+        return cls(rank.path, None, nbytes, digest)
+
+    def chunks(self, size: int = 16 << 20) -> Iterator[bytes]:
+        with open(self.path, "rb", buffering=0) as file:
+            offset, remaining = self.offset, self.nbytes
+            while remaining:
+                chunk = os.pread(file.fileno(), min(remaining, size), offset)
+                if not chunk:
+                    raise MegatronCheckpointError(f"{self.path}: file ends at byte {offset}, inside a tensor")
+                yield chunk
+                offset += len(chunk)
+                remaining -= len(chunk)
+
+    def sha256(self) -> str:
+        if self.digest is not None:
+            return self.digest
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
             digest.update(chunk)
-            offset += len(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest()
+
+    def same_as(self, other: _TensorBytes) -> bool:
+        """Byte equality, read from both files in chunks (no pages of either kept resident)."""
+        if self.nbytes != other.nbytes:
+            return False
+        if self.offset is None or other.offset is None:
+            return self.sha256() == other.sha256()
+        return all(a == b for a, b in zip(self.chunks(), other.chunks(), strict=True))
 
 
 def _limit_rows(pieces: list[Piece], rows: int) -> list[Piece]:
@@ -151,7 +179,7 @@ def rule_pieces(
             pieces.append(as_piece(ranks[0], merge_tensor_parallel(shards, part.split, part.megatron, warn)))
         else:
             in_files = [as_piece(rank, shard) for rank, shard in zip(ranks, shards, strict=True)]
-            if all(isinstance(piece, FileSlice) for piece in in_files) and len(in_files) > 1:
+            if len(in_files) > 1 and all(isinstance(piece, FileSlice) for piece in in_files):
                 pieces.append(ColumnSlices(tuple(in_files)))
                 continue
             for rank, shard in zip(ranks, shards, strict=True):
@@ -171,20 +199,20 @@ def iter_hf_tensors(
     Pieces are `FileSlice`s (bytes lying in a rank file, to copy file to file) or tensors (column-split
     weights merged in memory); either is valid only until the next item is requested, when the pages of the
     consumed rank-file tensors are released. `vocab_rows` cuts the vocabulary padding (None keeps it). The
-    tied head copy of PP > 1 checkpoints is checked against the word embeddings by digest, as HF keeps one.
+    tied head copy of PP > 1 checkpoints is checked byte for byte against the word embeddings, as HF keeps one.
     """
     spec = checkpoint.spec
     vocab_rows = spec.padded_vocab_size if vocab_rows is None else vocab_rows
     warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
-    embedding_digests: list[str] = []
+    embeddings: list[_TensorBytes] = []  # stage 0's word embedding shards, to check the head copy against
     for pp_rank, ranks in checkpoint.iter_stages():
         flats = check_stage_tensors(spec, pp_rank, ranks)
         for rule in stage_rules(spec, pp_rank):
             pieces = rule_pieces(rule, ranks, flats, warn, file_slices=True)
             if rule.hf == HF_WTE:
                 if spec.pp > 1:
-                    embedding_digests = [
-                        _tensor_digest(rank, flat[WORD_EMBEDDINGS]) for rank, flat in zip(ranks, flats, strict=True)
+                    embeddings = [
+                        _TensorBytes.of(rank, flat[WORD_EMBEDDINGS]) for rank, flat in zip(ranks, flats, strict=True)
                     ]
                 pieces = _limit_rows(pieces, vocab_rows)
             yield rule.hf, pieces
@@ -196,7 +224,7 @@ def iter_hf_tensors(
         if spec.pp > 1 and pp_rank == spec.pp - 1:
             for tp_rank, (rank, flat) in enumerate(zip(ranks, flats, strict=True)):
                 head = flat[HEAD_EMBEDDINGS]
-                if _tensor_digest(rank, head) != embedding_digests[tp_rank]:
+                if not _TensorBytes.of(rank, head).same_as(embeddings[tp_rank]):
                     warn(
                         f"{rank.path}: {HEAD_EMBEDDINGS} differs from the first stage's {WORD_EMBEDDINGS} "
                         f"(TP rank {tp_rank}); HF ties lm_head to wte, so the word embeddings are used for both"
