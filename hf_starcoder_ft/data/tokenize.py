@@ -33,10 +33,15 @@ DROP_REASONS = ("empty_input", "empty_target", "too_long", "target_too_long")
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text with no special tokens added (the fast backend, batched)."""
+    """Token ids of each text with no special tokens added (the fast backend, batched).
+
+    `encode_batch_fast` (tokenizers >= 0.21) gives the same ids without computing character offsets, which we
+    never use; older versions fall back to `encode_batch`.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
