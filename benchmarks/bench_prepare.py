@@ -91,6 +91,7 @@ def main() -> None:
 
         inputs = [r["inputs"] for r in records]
         targets = [r["targets"] for r in records]
+
         def raw_encode(method: str = "encode_batch"):
             encode = getattr(backend, method)
             start = time.perf_counter()
@@ -116,30 +117,40 @@ def main() -> None:
             results[8192] = prepared.stats
         total_tokens = sum(len(x) for x in ids)
         lengths = sorted(len(ids[i]) + len(ids[i + len(records)]) for i in range(len(records)))
-        print(f"{len(records)} records, {total_tokens} tokens; example length median {lengths[len(lengths) // 2]}, "
-              f"p99 {lengths[int(len(lengths) * 0.99)]}, max {lengths[-1]}")
+        print(
+            f"{len(records)} records, {total_tokens} tokens; example length median {lengths[len(lengths) // 2]}, "
+            f"p99 {lengths[int(len(lengths) * 0.99)]}, max {lengths[-1]}"
+        )
         config = DataConfig(train_data=str(data), max_length=2048, num_proc=args.num_proc)
         results[2048] = prepare_data(config, tokenizer, seed=1234, output_dir=tmp / "out2048", progress=False).stats
 
         raw_seconds, prepare_seconds = min(raw_times), min(prepare_times)
         raw_rate = total_tokens / raw_seconds
         ours_rate = total_tokens / prepare_seconds
-        print(f"(best of {args.rounds} alternating rounds: raw {', '.join(f'{t:.1f}' for t in raw_times)} s; "
-              f"prepare {', '.join(f'{t:.1f}' for t in prepare_times)} s)")
+        print(
+            f"(best of {args.rounds} alternating rounds: raw {', '.join(f'{t:.1f}' for t in raw_times)} s; "
+            f"prepare {', '.join(f'{t:.1f}' for t in prepare_times)} s)"
+        )
         print(f"raw encode_batch : {raw_seconds:8.2f} s  {raw_rate:12,.0f} tokens/s  (the baseline)")
         if has_fast:
             fast = min(fast_times)
-            print(f"raw encode_batch_fast: {fast:4.2f} s  {total_tokens / fast:12,.0f} tokens/s  (no offsets; what "
-                  "prepare calls)")
-        print(f"prepare (8192)   : {prepare_seconds:8.2f} s  {ours_rate:12,.0f} tokens/s  (read, dedup, shuffle, "
-              "tokenize, mask, pack, save)")
+            print(
+                f"raw encode_batch_fast: {fast:4.2f} s  {total_tokens / fast:12,.0f} tokens/s  (no offsets; what "
+                "prepare calls)"
+            )
+        print(
+            f"prepare (8192)   : {prepare_seconds:8.2f} s  {ours_rate:12,.0f} tokens/s  (read, dedup, shuffle, "
+            "tokenize, mask, pack, save)"
+        )
         print(f"throughput ratio prepare/raw = {ours_rate / raw_rate:.2f}  (goal >= 0.7)")
         for max_length, stats in sorted(results.items()):
             split = stats["splits"]["train"]
             dropped = stats["totals"]["dropped"]
-            print(f"packing efficiency at max_length {max_length}: {split['packing_efficiency']:.4f} non-pad "
-                  f"({split['examples']} examples in {split['rows']} rows; too_long dropped {dropped['too_long']}) "
-                  "(goal >= 0.97)")
+            print(
+                f"packing efficiency at max_length {max_length}: {split['packing_efficiency']:.4f} non-pad "
+                f"({split['examples']} examples in {split['rows']} rows; too_long dropped {dropped['too_long']}) "
+                "(goal >= 0.97)"
+            )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ from pathlib import Path
 WORDS = "def class return self value items index result data config parse load save model token batch".split()
 
 
-def synthetic_records(
-    count: int, max_words: int, log_mean_words: float = 4.0, seed: int = 0
-) -> list[dict[str, str]]:
+def synthetic_records(count: int, max_words: int, log_mean_words: float = 4.0, seed: int = 0) -> list[dict[str, str]]:
     """Commit-like records: a code-ish prompt and target, log-normal total lengths (a long tail, capped)."""
     rng = random.Random(seed)
 
@@ -264,6 +262,7 @@ def bench_mfu(args) -> dict:
 
     if not torch.cuda.is_available() and args.peak_tflops is None:
         raise SystemExit("--mfu needs a CUDA GPU (or --peak_tflops to estimate against on this device)")
+
     class StarCoderVocabulary:  # presets without a vocabulary size take it from a tokenizer: StarCoder's
         def __len__(self) -> int:
             return 49152

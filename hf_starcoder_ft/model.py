@@ -28,9 +28,7 @@ from hf_starcoder_ft.tokenizer import TokenizerError, load_tokenizer
 # Random-init presets for `--init_from_config NAME` (smoke tests and benchmarks, never real training).
 # `vocab_size` None means: the tokenizer's size rounded up to a multiple of 128 (as Megatron pads it).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=512, multi_query=True, vocab_size=None
-    ),
+    "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=512, multi_query=True, vocab_size=None),
     # StarCoderBase-1B's shape: 24 layers, hidden 2048, 16 heads, multi-query, ffn 8192, 8192 positions.
     "starcoderbase-1b": dict(
         n_embd=2048, n_layer=24, n_head=16, n_inner=8192, n_positions=8192, multi_query=True, vocab_size=49152

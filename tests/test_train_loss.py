@@ -95,9 +95,7 @@ def _accumulate(trainer, model, batches) -> tuple[dict[str, torch.Tensor], float
 
 
 @pytest.mark.parametrize("normalization", ["token", "example"])
-def test_accumulated_gradient_equals_one_batch_and_hand_written_loss(
-    tiny_mqa_model_dir, tmp_path, rows, normalization
-):
+def test_accumulated_gradient_equals_one_batch_and_hand_written_loss(tiny_mqa_model_dir, tmp_path, rows, normalization):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_mqa_model_dir, dtype=torch.float32)
