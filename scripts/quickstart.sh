@@ -50,6 +50,12 @@ hf-starcoder-ft generate "$OUT/from-megatron" --max_new_tokens 24 \
 <commit_msg>Handle None arguments<commit_after>"
 
 step "done"
+python - "$OUT/run/run_summary.json" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+train, evaluation = summary["train"], summary["eval"]
+print(f"train loss {float(train['train_loss']):.3f} (mean over the run); eval loss {evaluation.get('eval_loss', float('nan')):.3f}, perplexity {evaluation.get('eval_perplexity', float('nan')):.1f}")
+PY
 cat <<TXT
 data:           $OUT/data/commits.jsonl (+ train_paths.txt, valid_paths.txt)
 prepared data:  $OUT/prepared (summary.txt, stats.json)
