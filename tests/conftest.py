@@ -7,13 +7,18 @@ tokens sit at StarCoder's real ids 0..18, with digits split one by one as StarCo
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# Belt and braces: no test may reach the Hub or read a user's cache.
+# Belt and braces: no test may reach the Hub, or read or write a user's cache (HF_HOME is a fresh temporary
+# directory for the whole session; subprocesses such as `accelerate launch` inherit it).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_starcoder_ft_tests_hf_home_")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
