@@ -35,7 +35,8 @@ hf-starcoder-ft check-packing --model "$OUT/tiny-model" --data "$OUT/prepared" -
 
 step "6/8 fine-tune: accelerate + DeepSpeed ZeRO-3, 2 CPU processes"
 accelerate launch --config_file launch/zero3_cpu_2proc.yaml train.py --config configs/tiny_cpu.yaml \
-    --model_name_or_path "$OUT/tiny-model" --prepared_data "$OUT/prepared" --output_dir "$OUT/run"
+    --model_name_or_path "$OUT/tiny-model" --prepared_data "$OUT/prepared" --output_dir "$OUT/run" \
+    --max_steps 200 --eval_steps 100 --save_steps 100   # ~17 epochs of the small sample: enough to look like code
 
 step "7/8 Megatron round trip: HF -> Megatron (TP2 x PP2) -> HF, verified, then diffed against the trained model"
 hf-starcoder-ft convert hf-to-megatron --hf "$OUT/run" --out "$OUT/megatron" --tp 2 --pp 2
