@@ -118,20 +118,9 @@ def _megatron_to_hf(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     )
     if not args.verify:
         return 0
-    from hf_starcoder_ft.convert.verify import print_report, verify_conversion
+    from hf_starcoder_ft.convert.verify import run_verification
 
-    report = verify_conversion(
-        args.megatron,
-        args.out,
-        args.iteration,
-        args.num_sequences,
-        args.seq_len,
-        args.seed,
-        args.atol,
-        args.tensor_atol,
-    )
-    print_report(report)
-    return 0 if report.passed else 1
+    return run_verification(args.megatron, args.out, args.iteration, args)
 
 
 def _hf_to_megatron(args: argparse.Namespace) -> int:

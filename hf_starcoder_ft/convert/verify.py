@@ -303,6 +303,15 @@ def add_verify_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_verification(megatron: Path, hf: Path, iteration: str | None, args: argparse.Namespace) -> int:
+    """Verify with the options of `add_verify_options`, print the report; exit status 0 (pass) or 1 (fail)."""
+    report = verify_conversion(
+        megatron, hf, iteration, args.num_sequences, args.seq_len, args.seed, args.atol, args.tensor_atol
+    )
+    print_report(report)
+    return 0 if report.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hf-starcoder-ft verify-conversion",
@@ -316,18 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_starcoder_ft.convert.hf_format import HFCheckpointError
 
     try:
-        report = verify_conversion(
-            args.megatron,
-            args.hf,
-            args.iteration,
-            args.num_sequences,
-            args.seq_len,
-            args.seed,
-            args.atol,
-            args.tensor_atol,
-        )
+        return run_verification(args.megatron, args.hf, args.iteration, args)
     except (MegatronCheckpointError, HFCheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print_report(report)
-    return 0 if report.passed else 1
