@@ -48,24 +48,9 @@ def synthetic_records(count: int, seed: int = 0) -> list[dict]:
 
 
 def train_tokenizer(records: list[dict], path: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from hf_starcoder_ft.tokenizer import train_tiny_tokenizer
 
-    from hf_starcoder_ft.tokenizer import STARCODER_SPECIAL_TOKENS
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=8192,
-        special_tokens=list(STARCODER_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator((r["inputs"] + r["targets"] for r in records[:2000]), trainer=trainer)
-    tokenizer.save(str(path))
-    return path
+    return train_tiny_tokenizer((r["inputs"] + r["targets"] for r in records[:2000]), path, vocab_size=8192)
 
 
 def main() -> None:
