@@ -11,8 +11,11 @@ streaming gets there). A synthetic bf16 multi-query checkpoint (default: 20 laye
    before each step so one step's writeback does not slow the next). Each conversion runs in a child process
    that reports its own wall time and `getrusage` peak RSS. The ratio compares medians: this machine's disk
    is noisy and shared.
-2. For comparison, the usual converter's shape: merge the whole model in memory, then `save_file`.
-3. A child that only imports what the conversion imports (the interpreter + torch floor).
+2. In the same rounds (TP > 1 only), the conversion with the writer's previous way of interleaving
+   column-split shards: one `copy_file_range` per row segment instead of gathering blocks of rows with
+   `preadv` (the path the writer still takes where `os.preadv` is missing).
+3. For comparison, the usual converter's shape: merge the whole model in memory, then `save_file`.
+4. A child that only imports what the conversion imports (the interpreter + torch floor).
 
 The work directory is deleted at the end unless --keep.
 """
@@ -87,8 +90,11 @@ def make_checkpoint(out: Path, layers: int, hidden: int, tp: int, pp: int) -> No
     (out / TRACKER_FILE).write_text("release\n")
 
 
-def child_convert(megatron: Path, out: Path) -> dict:
+def child_convert(megatron: Path, out: Path, row_copies: bool = False) -> dict:
     from hf_starcoder_ft.convert.megatron_to_hf import convert_megatron_to_hf
+
+    if row_copies:
+        del os.preadv  # the writer then copies column-split shards one row segment at a time
 
     start = time.perf_counter()
     convert_megatron_to_hf(megatron, out, progress=False, log=lambda _: None)
@@ -174,8 +180,8 @@ def main() -> int:
         if kind == "make":
             make_checkpoint(Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))
             print(json.dumps({"ok": True}))
-        elif kind == "convert":
-            print(json.dumps(child_convert(Path(rest[0]), Path(rest[1]))))
+        elif kind in ("convert", "convert_rows"):
+            print(json.dumps(child_convert(Path(rest[0]), Path(rest[1]), row_copies=kind == "convert_rows")))
         elif kind == "in_memory":
             print(json.dumps(child_in_memory(Path(rest[0]), Path(rest[1]))))
         else:
@@ -183,7 +189,7 @@ def main() -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir))
-    copies, conversions = [], []
+    copies, conversions, row_conversions = [], [], []
     try:
         megatron = work / "megatron"
         print(f"writing a synthetic checkpoint: {args.layers} layers, hidden {args.hidden}, TP{args.tp} PP{args.pp}")
@@ -194,6 +200,9 @@ def main() -> int:
             conversions.append(run_child("convert", str(megatron), str(work / "hf")))
             output_size = sum(file.stat().st_size for file in (work / "hf").glob("*.safetensors"))
             shutil.rmtree(work / "hf")
+            if args.tp > 1:
+                row_conversions.append(run_child("convert_rows", str(megatron), str(work / "hf")))
+                shutil.rmtree(work / "hf")
         in_memory = run_child("in_memory", str(megatron), str(work / "hf"))
         shutil.rmtree(work / "hf")
         floor = run_child("baseline")
@@ -210,6 +219,12 @@ def main() -> int:
     print(f"copy the rank files:       {', '.join(f'{s:.2f}' for s in copies)} s (median {copy_seconds:.2f} s)")
     times = ", ".join(f"{result['seconds']:.2f}" for result in conversions)
     print(f"megatron-to-hf (streaming): {times} s (median {convert_seconds:.2f} s), peak RSS {peak / gib:.3f} GiB")
+    if row_conversions:
+        row_times = [result["seconds"] for result in row_conversions]
+        print(
+            f"  with one copy_file_range per row segment of column-split shards (the old way): "
+            f"{', '.join(f'{s:.2f}' for s in row_times)} s (median {statistics.median(row_times):.2f} s)"
+        )
     print(
         f"whole model in memory, then save_file (for comparison): {in_memory['seconds']:.2f} s, "
         f"peak RSS {in_memory['peak_rss'] / gib:.3f} GiB"
@@ -218,6 +233,9 @@ def main() -> int:
     print(f"time ratio, conversion / copy (medians): {convert_seconds / copy_seconds:.2f}  (goal <= 2.5)")
     fastest = min(result["seconds"] for result in conversions) / min(copies)
     print(f"  fastest conversion / fastest copy:     {fastest:.2f}")
+    if row_conversions:
+        row_ratio = statistics.median(row_times) / convert_seconds
+        print(f"row-by-row copies / block gather (medians): {row_ratio:.2f}")
     print(f"peak RSS / checkpoint size:              {peak / size:.3f}  (goal <= 0.35)")
     print(f"  in-memory conversion:                  {in_memory['peak_rss'] / size:.3f}")
     print(f"  streaming, above the import floor:     {(peak - floor['peak_rss']) / size:.3f}")

@@ -23,6 +23,8 @@ from _convert_fixtures import (
 )
 
 from hf_starcoder_ft.convert import cli as convert_cli
+from hf_starcoder_ft.convert import hf_format as hf_format_module
+from hf_starcoder_ft.convert import megatron_to_hf as megatron_to_hf_module
 from hf_starcoder_ft.convert import verify as verify_module
 from hf_starcoder_ft.convert.hf_to_megatron import convert_hf_to_megatron
 from hf_starcoder_ft.convert.megatron_format import load_rank_file
@@ -235,6 +237,29 @@ def test_replicated_and_head_copy_disagreements_are_reported(tiny_mqa_model_dir,
     assert "word_embeddings_for_head.weight differs" in report.warnings[1] and "mp_rank_00_001" in report.warnings[1]
 
 
+@pytest.mark.parametrize("chunk", [60, 132, 136, 1 << 20])
+def test_head_copy_compared_in_chunks_finds_a_difference_anywhere(tiny_mqa_model_dir, tmp_path, monkeypatch, chunk):
+    """The head check reads both copies a buffer at a time; a difference in a middle or last (partial) chunk of
+    the 128 x 32 fp32 shard is still found, and equal copies give no warning."""
+    monkeypatch.setattr(megatron_to_hf_module, "COMPARE_CHUNK_BYTES", chunk)
+    megatron = write_reference_checkpoint(tmp_path / "m", tiny_mqa_model_dir, tp=2, pp=2)
+    assert convert_megatron_to_hf(megatron, tmp_path / "same", **QUIET).warnings == []
+    head_rank = megatron / "release" / "mp_rank_01_001" / "model_optim_rng.pt"
+    for row, column in [(1, 1), (127, 31)]:  # bytes 132..135 and the very last 4 bytes
+
+        def drift_head(content, row=row, column=column):
+            content["model"]["word_embeddings_for_head"]["weight"][row, column] += 1.0
+
+        rewrite_rank_file(head_rank, drift_head)
+        report = convert_megatron_to_hf(megatron, tmp_path / f"hf_{row}", **QUIET)
+        assert len(report.warnings) == 1 and "(TP rank 1)" in report.warnings[0]
+
+        def restore(content, row=row, column=column):
+            content["model"]["word_embeddings_for_head"]["weight"][row, column] -= 1.0
+
+        rewrite_rank_file(head_rank, restore)
+
+
 def test_released_pages_read_back_unchanged(tiny_mqa_model_dir, tmp_path):
     megatron = write_reference_checkpoint(tmp_path / "m", tiny_mqa_model_dir, tp=1, pp=1)
     rank = load_rank_file(megatron / "release" / "mp_rank_00" / "model_optim_rng.pt")
@@ -284,3 +309,52 @@ def test_legacy_format_and_no_copy_file_range_give_the_same_bytes(tiny_mqa_model
     convert_megatron_to_hf(megatron, tmp_path / "fallback", **QUIET)
     assert len(refused) == 1  # tried once, then read + write for the rest of the file
     assert_states_bitwise_equal(load_safetensors_dir(tmp_path / "fallback"), expected)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_column_split_gather_blocks_and_row_copies_give_the_same_bytes(tiny_mqa_model_dir, tmp_path, monkeypatch, tp):
+    """Row-parallel weights (c_proj) interleave their TP shards row by row. The fast path gathers blocks of rows
+    through `preadv`; a buffer of a few rows (so blocks end mid-tensor, the last one short) and the per-row
+    `copy_file_range` path where `preadv` is missing must both give the bytes of the reference HF model."""
+    from safetensors.torch import load_file
+
+    reference = load_file(str(tiny_mqa_model_dir / "model.safetensors"))
+    megatron = write_reference_checkpoint(tmp_path / "m", tiny_mqa_model_dir, tp=tp, pp=1)
+    calls = []
+    real_preadv = os.preadv
+
+    def counting_preadv(*args):
+        calls.append(len(args[1]))
+        return real_preadv(*args)
+
+    monkeypatch.setattr(os, "preadv", counting_preadv)
+    convert_megatron_to_hf(megatron, tmp_path / "whole", **QUIET)
+    whole_blocks = len(calls)
+    assert set(calls) == {32}  # one block per shard: all 32 rows of each c_proj
+    # c_proj rows are 32 x 4 bytes (attention) and 64 x 4 bytes (MLP): blocks of 3 attention rows (the last one
+    # of 2) and of 1 MLP row
+    monkeypatch.setattr(hf_format_module, "GATHER_BUFFER_BYTES", 3 * 128)
+    calls.clear()
+    convert_megatron_to_hf(megatron, tmp_path / "blocks", **QUIET)
+    assert len(calls) > whole_blocks and set(calls) == {1, 2, 3}
+    monkeypatch.delattr(os, "preadv")
+    convert_megatron_to_hf(megatron, tmp_path / "rows", **QUIET)
+    whole = load_safetensors_dir(tmp_path / "whole")
+    projections = [key for key in reference if key.endswith("c_proj.weight")]
+    assert len(projections) == 4
+    assert_states_bitwise_equal({key: whole[key] for key in projections}, {key: reference[key] for key in projections})
+    for name in ("blocks", "rows"):
+        assert_states_bitwise_equal(load_safetensors_dir(tmp_path / name), whole)
+
+
+def test_rank_file_truncated_during_gather_is_named(tiny_mqa_model_dir, tmp_path, monkeypatch):
+    megatron = write_reference_checkpoint(tmp_path / "m", tiny_mqa_model_dir, tp=2, pp=1)
+    real_preadv = os.preadv
+
+    def short_preadv(fd, buffers, offset):
+        return real_preadv(fd, buffers, offset) - 1  # as if the file ended one byte early
+
+    monkeypatch.setattr(os, "preadv", short_preadv)
+    with pytest.raises(RuntimeError, match=r"mp_rank_0[01]/model_optim_rng.pt: file ends before byte \d+"):
+        convert_megatron_to_hf(megatron, tmp_path / "hf", **QUIET)
+    assert not (tmp_path / "hf").exists()

@@ -10,8 +10,11 @@ Writing knows every tensor's name, shape and dtype in advance (the conversion pl
 shard's safetensors header is written first and tensor bytes are appended as they are produced: no shard is
 ever held in memory. A tensor may arrive as several pieces that concatenate along dim 0 (TP shards of a
 row-split weight), written back to back without being joined; a piece that already lies in a file
-(`FileSlice`, or `ColumnSlices` for the shards of a column-split weight, row segment by row segment) is copied
-file to file with `copy_file_range`, falling back to read + write where the kernel or filesystem refuses.
+(`FileSlice`) is copied file to file with `copy_file_range`, falling back to read + write where the kernel or
+filesystem refuses. The shards of a column-split weight (`ColumnSlices`) interleave row by row in the output:
+they are gathered a block of rows at a time into one small reused buffer, each shard's row segments landing in
+place through a single `preadv`, and the block is written with one `write`; a few hundred system calls per
+tensor instead of one per row segment (about 4x faster, `benchmarks/bench_convert.py`).
 """
 
 from __future__ import annotations
@@ -266,6 +269,14 @@ class ColumnSlices:
 
 
 Piece = torch.Tensor | FileSlice | ColumnSlices
+# A column-split weight is gathered through a buffer of about this size: small enough to stay in the CPU cache
+# between the read and the write, large enough that system calls are few (measured best at 0.25-1 MiB).
+GATHER_BUFFER_BYTES = 1 << 20
+try:
+    _IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (AttributeError, ValueError, OSError):
+    _IOV_MAX = 1024
+_IOV_MAX = _IOV_MAX if _IOV_MAX > 0 else 1024
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
 
 
@@ -341,7 +352,35 @@ class StreamingSafetensorsWriter:
         return self._sources[path]
 
     def _copy_column_slices(self, piece: ColumnSlices) -> None:
-        """Row by row, each shard's row segment in turn (the hot loop of a conversion: kept tight)."""
+        if hasattr(os, "preadv"):
+            self._gather_column_slices(piece)
+        else:
+            self._copy_column_rows(piece)
+
+    def _gather_column_slices(self, piece: ColumnSlices) -> None:
+        """A block of whole rows at a time: one `preadv` per shard scatters its row segments into their places
+        in the buffer, then one `write` appends the block (the hot loop of a TP > 1 conversion)."""
+        sizes = [shard.nbytes // shard.shape[0] for shard in piece.shards]
+        row_bytes, rows = sum(sizes), piece.shape[0]
+        block_rows = max(1, min(rows, _IOV_MAX, GATHER_BUFFER_BYTES // row_bytes))
+        buffer = memoryview(bytearray(block_rows * row_bytes))
+        segments = []  # per shard: (fd, file offset, segment size, the buffer slices its rows land in)
+        column = 0
+        for shard, size in zip(piece.shards, sizes, strict=True):
+            places = [buffer[row * row_bytes + column : row * row_bytes + column + size] for row in range(block_rows)]
+            segments.append((self._source(shard.path), shard.offset, size, places, shard.path))
+            column += size
+        preadv, destination = os.preadv, self._fd
+        for first in range(0, rows, block_rows):
+            count = min(block_rows, rows - first)
+            for source, offset, size, places, path in segments:
+                start = offset + first * size
+                if preadv(source, places if count == block_rows else places[:count], start) != count * size:
+                    raise RuntimeError(f"{path}: file ends before byte {start + count * size} (truncated?)")
+            _write_all(destination, buffer[: count * row_bytes])
+
+    def _copy_column_rows(self, piece: ColumnSlices) -> None:
+        """Row by row, each shard's row segment in turn, file to file (where `preadv` is missing)."""
         segments = [(self._source(shard.path), shard.offset, shard.nbytes // shard.shape[0]) for shard in piece.shards]
         rows = piece.shape[0]
         if self._use_copy_file_range:
