@@ -16,6 +16,8 @@ streaming gets there). A synthetic bf16 multi-query checkpoint (default: 20 laye
    `preadv` (the path the writer still takes where `os.preadv` is missing).
 3. For comparison, the usual converter's shape: merge the whole model in memory, then `save_file`.
 4. A child that only imports what the conversion imports (the interpreter + torch floor).
+5. `verify-conversion` of the result (reference forward + per-tensor table, one layer at a time), against the
+   usual way of checking: load the HF model whole in fp32 and run it (peak RSS of each).
 
 The work directory is deleted at the end unless --keep.
 """
@@ -126,6 +128,28 @@ def child_in_memory(megatron: Path, out: Path) -> dict:
     return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def child_verify(megatron: Path, hf: Path) -> dict:
+    from hf_starcoder_ft.convert.verify import verify_conversion
+
+    start = time.perf_counter()
+    report = verify_conversion(megatron, hf)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "peak_rss": peak, "passed": report.passed, "logit_diff": report.max_logit_diff}
+
+
+def child_whole_model_forward(hf: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        model(input_ids=torch.zeros(3, 16, dtype=torch.long), use_cache=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def child_baseline() -> dict:
     import transformers  # noqa: F401
 
@@ -172,6 +196,7 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="copy/convert pairs to run, alternating (medians are compared)"
     )
+    parser.add_argument("--skip_verify", action="store_true", help="do not measure verify-conversion")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -182,6 +207,10 @@ def main() -> int:
             print(json.dumps({"ok": True}))
         elif kind in ("convert", "convert_rows"):
             print(json.dumps(child_convert(Path(rest[0]), Path(rest[1]), row_copies=kind == "convert_rows")))
+        elif kind == "verify":
+            print(json.dumps(child_verify(Path(rest[0]), Path(rest[1]))))
+        elif kind == "whole_model_forward":
+            print(json.dumps(child_whole_model_forward(Path(rest[0]))))
         elif kind == "in_memory":
             print(json.dumps(child_in_memory(Path(rest[0]), Path(rest[1]))))
         else:
@@ -203,6 +232,11 @@ def main() -> int:
             if args.tp > 1:
                 row_conversions.append(run_child("convert_rows", str(megatron), str(work / "hf")))
                 shutil.rmtree(work / "hf")
+        if not args.skip_verify:
+            run_child("convert", str(megatron), str(work / "hf"))
+            verified = run_child("verify", str(megatron), str(work / "hf"))
+            whole_forward = run_child("whole_model_forward", str(work / "hf"))
+            shutil.rmtree(work / "hf")
         in_memory = run_child("in_memory", str(megatron), str(work / "hf"))
         shutil.rmtree(work / "hf")
         floor = run_child("baseline")
@@ -239,6 +273,16 @@ def main() -> int:
     print(f"peak RSS / checkpoint size:              {peak / size:.3f}  (goal <= 0.35)")
     print(f"  in-memory conversion:                  {in_memory['peak_rss'] / size:.3f}")
     print(f"  streaming, above the import floor:     {(peak - floor['peak_rss']) / size:.3f}")
+    if not args.skip_verify:
+        verdict = "PASS" if verified["passed"] else "FAIL"
+        print(
+            f"verify-conversion: {verified['seconds']:.1f} s, {verdict} (logit diff {verified['logit_diff']:.2g}), "
+            f"peak RSS {verified['peak_rss'] / gib:.2f} GiB = {verified['peak_rss'] / size:.2f} x the checkpoint"
+        )
+        print(
+            f"  the usual check, HF model loaded whole in fp32 + one forward: peak RSS "
+            f"{whole_forward['peak_rss'] / gib:.2f} GiB = {whole_forward['peak_rss'] / size:.2f} x the checkpoint"
+        )
     return 0
 
 

@@ -358,3 +358,50 @@ def test_rank_file_truncated_during_gather_is_named(tiny_mqa_model_dir, tmp_path
     with pytest.raises(RuntimeError, match=r"mp_rank_0[01]/model_optim_rng.pt: file ends before byte \d+"):
         convert_megatron_to_hf(megatron, tmp_path / "hf", **QUIET)
     assert not (tmp_path / "hf").exists()
+
+
+def test_layer_by_layer_hf_forward_equals_the_loaded_model_one_block_at_a_time(
+    tiny_model_dir, tiny_bf16_model_dir, monkeypatch
+):
+    """verify runs the HF model's own forward with one block's weights at a time: the logits are bitwise those of
+    the model loaded whole (fp32 and bf16 weights), and no other block holds real weights while one runs."""
+    from transformers.models.gpt_bigcode import modeling_gpt_bigcode
+
+    real_forward = modeling_gpt_bigcode.GPTBigCodeBlock.forward
+    seen = []
+
+    def watching_forward(self, *args, **kwargs):
+        assert {parameter.device.type for parameter in self.parameters()} == {"cpu"}
+        for other in seen:
+            assert {parameter.device.type for parameter in other.parameters()} == {"meta"}
+        seen.append(self)
+        return real_forward(self, *args, **kwargs)
+
+    input_ids = torch.randint(0, 384, (2, 20), generator=torch.Generator().manual_seed(5))
+    for model_dir in (tiny_model_dir, tiny_bf16_model_dir):
+        _, whole = _logits(model_dir, input_ids)
+        monkeypatch.setattr(modeling_gpt_bigcode.GPTBigCodeBlock, "forward", watching_forward)
+        seen.clear()
+        streamed = verify_module.hf_logits_layer_by_layer(model_dir, input_ids)
+        monkeypatch.setattr(modeling_gpt_bigcode.GPTBigCodeBlock, "forward", real_forward)
+        assert len(seen) == 2
+        assert streamed.dtype == torch.float32 and torch.equal(streamed, whole.float())
+
+
+def test_layer_by_layer_hf_forward_names_a_tensor_that_does_not_fit_the_config(tiny_mqa_model_dir, copy_dir):
+    model_dir = copy_dir(tiny_mqa_model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | {"n_inner": 96}))
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.c_fc\.weight has shape \[64, 32\]"):
+        verify_module.hf_logits_layer_by_layer(model_dir, torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(37, 5), (3,), (), (1000, 3, 2)])
+def test_max_abs_difference_in_row_slices(shape):
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(shape, generator=generator).to(torch.bfloat16)
+    b = a.clone()
+    b.view(-1)[-1] += 3.0  # in the last slice
+    expected = (a.float() - b.float()).abs().max().item()
+    assert verify_module.max_abs_difference(a, b, chunk_elements=7) == expected
+    assert verify_module.max_abs_difference(a, a, chunk_elements=7) == 0.0

@@ -161,3 +161,45 @@ def test_generate_sampling_is_seeded_and_options_are_checked(tiny_mqa_model_dir,
     capsys.readouterr()
     assert generate.main([str(no_tokenizer), "--prompt", "x"]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
+    """HFCheckpoint reads .safetensors with plain reads (no mapping held open): every dtype and shape comes back
+    bitwise as the safetensors library wrote it, and a truncated or malformed file is named with the key."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_starcoder_ft.convert.hf_format import HFCheckpoint, HFCheckpointError, SafetensorsFile
+
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "bf16": torch.randn(7, 3, generator=generator).to(torch.bfloat16),
+        "f32": torch.randn(5, generator=generator),
+        "f16": torch.randn(2, 2, 2, generator=generator).half(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "bool": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path), metadata={"format": "pt"})
+    checkpoint = HFCheckpoint(path)
+    expected = load_file(str(path))
+    assert sorted(checkpoint.keys()) == sorted(state)
+    for key, tensor in expected.items():
+        read = checkpoint.get(key)
+        assert read.dtype == tensor.dtype and read.shape == tensor.shape and torch.equal(read, tensor), key
+        assert checkpoint.shape(key) == tuple(tensor.shape)
+
+    data = path.read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(data[:-4])
+    with pytest.raises(HFCheckpointError, match=r"short.safetensors: \w+ ends at byte \d+ but the file has \d+"):
+        SafetensorsFile(tmp_path / "short.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(HFCheckpointError, match="junk.safetensors: not a safetensors file"):
+        SafetensorsFile(tmp_path / "junk.safetensors")
+    length = int.from_bytes(data[:8], "little")
+    broken = data[:8] + data[8 : 8 + length].replace(b'"F32"', b'"X99"') + data[8 + length :]
+    (tmp_path / "dtype.safetensors").write_bytes(broken)
+    bad_entry = r"dtype.safetensors: \w+: unsupported or malformed header entry \{'dtype': 'X99'"
+    with pytest.raises(HFCheckpointError, match=bad_entry):
+        SafetensorsFile(tmp_path / "dtype.safetensors")

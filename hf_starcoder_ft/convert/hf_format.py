@@ -77,6 +77,69 @@ def tensor_nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
 # Reading.
 
 
+_SAFETENSORS_TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER_BYTES = 100 << 20
+
+
+class SafetensorsFile:
+    """One .safetensors file read tensor by tensor with plain reads into fresh tensors: no mapping of the file
+    stays open, so reading a whole model one tensor at a time keeps memory at one tensor (a memory-mapped
+    reader's touched pages count against the process until the file is closed)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb", buffering=0) as file:
+                prefix = file.read(8)
+                length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+                if not 0 < length <= min(_MAX_HEADER_BYTES, size - 8):
+                    raise HFCheckpointError(f"{self.path}: not a safetensors file (bad header length)")
+                header = json.loads(file.read(length))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise HFCheckpointError(f"{self.path}: cannot read safetensors header ({error})") from None
+        if not isinstance(header, dict):
+            raise HFCheckpointError(f"{self.path}: safetensors header is not a JSON object")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + length
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, entry in header.items():
+            try:
+                dtype = _SAFETENSORS_TORCH_DTYPES[entry["dtype"]]
+                shape = tuple(int(size_) for size_ in entry["shape"])
+                start, end = (int(offset) for offset in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise HFCheckpointError(f"{self.path}: {key}: unsupported or malformed header entry {entry}") from None
+            if end - start != tensor_nbytes(shape, dtype) or start < 0:
+                raise HFCheckpointError(f"{self.path}: {key}: data_offsets {[start, end]} do not fit shape {shape}")
+            if self.data_start + end > size:
+                raise HFCheckpointError(
+                    f"{self.path}: {key} ends at byte {self.data_start + end} but the file has {size} (truncated?)"
+                )
+            self.entries[key] = (dtype, shape, start, end)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][1]
+
+    def read(self, key: str) -> torch.Tensor:
+        dtype, shape, start, end = self.entries[key]
+        tensor = torch.empty(shape, dtype=dtype)
+        if end > start:
+            target = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+            with open(self.path, "rb", buffering=0) as file:
+                file.seek(self.data_start + start)
+                done = 0
+                while done < target.nbytes:
+                    count = file.readinto(target[done:])
+                    if not count:
+                        raise HFCheckpointError(f"{self.path}: {key}: file ends inside the tensor (truncated?)")
+                    done += count
+        return tensor
+
+
 class HFCheckpoint:
     """Tensor-by-tensor access to an HF model folder (or a single .safetensors / .bin file)."""
 
@@ -84,7 +147,7 @@ class HFCheckpoint:
         self.path = Path(path)
         self.config: dict = {}
         self.weight_map: dict[str, Path] = {}
-        self._safe_handles: dict[Path, object] = {}
+        self._safe_handles: dict[Path, SafetensorsFile] = {}
         self._bin_cache: tuple[Path, dict] | None = None
         if self.path.is_file():
             files = [self.path]
@@ -129,14 +192,9 @@ class HFCheckpoint:
             return list(self._safe_handle(file).keys())
         return list(self._bin_shard(file).keys())
 
-    def _safe_handle(self, file: Path):
-        from safetensors import safe_open
-
+    def _safe_handle(self, file: Path) -> SafetensorsFile:
         if file not in self._safe_handles:
-            try:
-                self._safe_handles[file] = safe_open(str(file), framework="pt", device="cpu")
-            except Exception as error:  # safetensors raises its own error types
-                raise HFCheckpointError(f"{file}: cannot read safetensors file ({error})") from None
+            self._safe_handles[file] = SafetensorsFile(file)
         return self._safe_handles[file]
 
     def _bin_shard(self, file: Path) -> dict:
@@ -169,13 +227,13 @@ class HFCheckpoint:
             raise HFCheckpointError(f"{self.path}: missing tensor {key}")
         file = self.weight_map[key]
         if file.suffix == ".safetensors":
-            return self._safe_handle(file).get_tensor(key)
+            return self._safe_handle(file).read(key)
         return self._bin_shard(file)[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
         file = self.weight_map[key]
         if file.suffix == ".safetensors":
-            return tuple(self._safe_handle(file).get_slice(key).get_shape())
+            return self._safe_handle(file).shape(key)
         return tuple(self.get(key).shape)
 
     def file_of(self, key: str) -> Path:

@@ -14,6 +14,10 @@ Two checks, both read the Megatron rank files directly:
 2. A per-tensor table: every HF tensor, cut back into TP shards, against each rank file's tensor.
 
 The largest logit difference must stay within --atol and every tensor within --tensor_atol.
+
+Memory stays near one layer, so a 15B checkpoint verifies on an ordinary machine: the HF model is built on the
+meta device and its own `forward` runs with each block's weights loaded (in fp32) just before the block runs
+and dropped after it; the reference forward releases each layer's mapped pages once it is done with them.
 """
 
 from __future__ import annotations
@@ -116,7 +120,12 @@ def megatron_reference_logits(checkpoint: MegatronCheckpoint, input_ids: torch.T
                     embedding_shards.append(table)
                 x = x + ranks[0][_EMBEDDING + "position_embeddings.weight"].float()[positions]
             for local in range(spec.layers_per_stage):
-                x = _reference_layer(x, ranks, f"{_ENCODER}layers.{local}.", spec, gelu)
+                prefix = f"{_ENCODER}layers.{local}."
+                x = _reference_layer(x, ranks, prefix, spec, gelu)
+                for rank_file, rank in zip(rank_files, ranks, strict=True):
+                    for key in [key for key in rank if key.startswith(prefix)]:
+                        if isinstance(rank[key], torch.Tensor):
+                            rank_file.release(rank[key])
             if pp_rank == spec.pp - 1:
                 final = ranks[0]
                 x = F.layer_norm(
@@ -165,6 +174,18 @@ class VerificationReport:
                 f"{status}{'  ' + check.note if check.note else ''}"
             )
         return "\n".join(lines)
+
+
+def max_abs_difference(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 << 22) -> float:
+    """max |a - b| in fp32, a slice of rows at a time (no full-size fp32 copies of a large embedding)."""
+    if a.numel() == 0:
+        return 0.0
+    a, b = (a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)) if a.dim() else (a.reshape(1, 1), b.reshape(1, 1))
+    rows = max(1, chunk_elements // max(1, a.shape[1]))
+    return max(
+        (a[start : start + rows].float() - b[start : start + rows].float()).abs().max().item()
+        for start in range(0, a.shape[0], rows)
+    )
 
 
 def compare_tensors(checkpoint: MegatronCheckpoint, hf_dir: Path, report: VerificationReport) -> None:
@@ -217,22 +238,75 @@ def compare_tensors(checkpoint: MegatronCheckpoint, hf_dir: Path, report: Verifi
                             f"{rule.hf}: shard shape {list(expected.shape)} vs {part.megatron} {list(stored.shape)}"
                         )
                         continue
-                    difference = (stored.float() - expected.float()).abs()
                     if rule.hf == HF_WTE and part.split is Split.ROWS:
                         # Padding rows exist only on the Megatron side; compare real vocabulary rows only.
                         first_row = tp_rank * expected.shape[0]
                         real = max(0, min(expected.shape[0], tensor.shape[0] - first_row))
-                        difference = difference[:real]
-                    if difference.numel():
-                        worst = max(worst, difference.max().item())
+                        stored, expected = stored[:real], expected[:real]
+                    worst = max(worst, max_abs_difference(stored, expected))
             report.tensors.append(
                 TensorCheck(
                     rule.hf, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), megatron_dtype, worst, note
                 )
             )
+            for rank_file, rank in zip(rank_files, ranks, strict=True):
+                for part in rule.parts:
+                    rank_file.release(rank[part.megatron])
     extra = sorted(set(hf.keys()) - seen - {"lm_head.weight"})
     for key in extra:
         report.problems.append(f"{key}: in {hf_dir} but not produced by the Megatron checkpoint")
+
+
+def hf_logits_layer_by_layer(hf_dir: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """The HF model's fp32 logits from its own `forward` (eager attention), holding only the embeddings, the
+    final norm and one block's weights at a time: the model is built on the meta device, and hooks load each
+    block from the safetensors files just before it runs and send it back to meta right after."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hf_starcoder_ft.convert.hf_format import HFCheckpoint, HFCheckpointError
+
+    weights = HFCheckpoint(hf_dir)
+    config = AutoConfig.from_pretrained(str(hf_dir), trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, attn_implementation="eager", trust_remote_code=False
+        )
+    model.eval()
+
+    def load(module: torch.nn.Module, prefix: str) -> None:
+        module.to_empty(device="cpu", recurse=True)
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                stored = weights.get(prefix + name)
+                if stored.shape != parameter.shape:
+                    raise HFCheckpointError(
+                        f"{hf_dir}: {prefix + name} has shape {list(stored.shape)}, config.json implies "
+                        f"{list(parameter.shape)}"
+                    )
+                parameter.copy_(stored)
+
+    base = model.base_model
+    prefix = f"{model.base_model_prefix}."
+    blocks = base.h
+    for name, child in base.named_children():
+        if child is not blocks:
+            load(child, f"{prefix}{name}.")
+    for name, buffer in list(base.named_buffers(recurse=False)):
+        if name == "bias" and buffer.dtype == torch.bool:  # the causal-mask buffer (not stored, not used by forward)
+            base.register_buffer(name, torch.ones(1, 1, dtype=torch.bool).tril(), persistent=False)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = base.wte.weight
+    else:
+        load(model.lm_head, "lm_head.")
+
+    def drop(module: torch.nn.Module, _args, _output) -> None:  # a hook that returned a value would replace the output
+        module.to(device="meta")
+
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, _args, index=index: load(module, f"{prefix}h.{index}."))
+        block.register_forward_hook(drop)
+    with torch.no_grad():
+        return model(input_ids=input_ids, use_cache=False).logits.float()
 
 
 def verify_conversion(
@@ -246,14 +320,11 @@ def verify_conversion(
     tensor_atol: float = 0.0,
 ) -> VerificationReport:
     """Run both checks; the caller prints the report."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
     checkpoint = open_checkpoint(megatron_dir, iteration)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(hf_dir), dtype=torch.float32, attn_implementation="eager", trust_remote_code=False
-    )
-    model.eval()
-    vocab = model.config.vocab_size
+    config = AutoConfig.from_pretrained(str(hf_dir), trust_remote_code=False)
+    vocab = config.vocab_size
     if vocab > checkpoint.spec.padded_vocab_size:
         raise MegatronCheckpointError(
             f"{hf_dir}: vocab_size {vocab} exceeds the checkpoint's {checkpoint.spec.padded_vocab_size} rows"
@@ -262,14 +333,12 @@ def verify_conversion(
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (num_sequences, length), generator=generator)
     reference = megatron_reference_logits(checkpoint, input_ids)[..., :vocab]
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, use_cache=False).logits.float()
+    logits = hf_logits_layer_by_layer(hf_dir, input_ids)
     report = VerificationReport(
         max_logit_diff=(logits - reference).abs().max().item(), atol=atol, tensor_atol=tensor_atol
     )
-    if not torch.equal(model.lm_head.weight, model.transformer.wte.weight):
-        report.problems.append("lm_head.weight is not tied to transformer.wte.weight after from_pretrained")
-    del model
+    if not config.tie_word_embeddings:
+        report.problems.append(f"{hf_dir}/config.json: tie_word_embeddings is false; Megatron ties the head to wte")
     compare_tensors(checkpoint, Path(hf_dir), report)
     return report
 
