@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 from _commits_fixtures import (
@@ -23,7 +24,14 @@ from _commits_fixtures import (
 )
 
 from hf_starcoder_ft.data.commits import CommitFilters, GitOptions, build_commit_dataset
-from hf_starcoder_ft.data.commits_git import GitError, iter_commits, language_for_path, open_repository
+from hf_starcoder_ft.data.commits_git import (
+    GitError,
+    check_git_dates,
+    iter_commits,
+    language_for_path,
+    open_repository,
+)
+from hf_starcoder_ft.data.commits_sources import CommitsError
 
 
 def record(sha: str, old_file: str, new_file: str, old: str, new: str, message: str) -> dict:
@@ -183,6 +191,36 @@ def test_since_and_until_filter_by_commit_date(tmp_git_repo, tmp_path):
     records, report = build(tmp_git_repo.path, tmp_path, git=git)
     assert [r["commit"] for r in records] == [tmp_git_repo.shas["rename"], tmp_git_repo.shas["edit"]]
     assert report.commits == 2
+    assert report.dates == {"since": "2023-11-15T00:13:20Z", "until": "2023-11-15T01:13:20Z"}
+    assert "--since resolved by git to 2023-11-15T00:13:20Z" in report.summary()
+
+
+@pytest.mark.parametrize(
+    "since,until,message",
+    [
+        ("blursday", None, r"--since 'blursday': git does not understand this date and would read it as now"),
+        (None, "garbage", r"--until 'garbage': git does not understand this date"),
+        ("2024-02-30", None, r"--since '2024-02-30': 2024-02-30 is not a calendar date"),
+        (None, "2023-13-01 10:00", r"--until '2023-13-01 10:00': 2023-13-01 is not a calendar date"),
+        ("@1700010000", "@1700000000", r"--since '@1700010000' is later than --until '@1700000000'"),
+    ],
+)
+def test_dates_git_would_misread_are_refused_before_any_output(tmp_git_repo, tmp_path, since, until, message):
+    with pytest.raises(CommitsError, match=message):
+        build(tmp_git_repo.path, tmp_path, git=GitOptions(since=since, until=until))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_dates_git_understands_are_resolved_as_git_does(tmp_git_repo):
+    repo = open_repository(tmp_git_repo.path)
+    assert check_git_dates(repo, GitOptions(since="@1700003600", until="@1700007200")) == {
+        "since": 1_700_003_600,
+        "until": 1_700_007_200,
+    }
+    stamps = check_git_dates(repo, GitOptions(since="3 weeks ago", until="now"))
+    assert stamps["until"] - stamps["since"] == 21 * 86400
+    assert abs(stamps["until"] - time.time()) < 60
+    assert set(check_git_dates(repo, GitOptions(since="2024-01-31", until="yesterday"))) == {"since", "until"}
 
 
 def test_bare_clone_gives_the_same_records(tmp_git_repo, tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import gzip
 import json
 import sys
@@ -37,6 +38,7 @@ from hf_starcoder_ft.data.commits_git import (
     MERGE_MODES,
     GitOptions,
     GitRepo,
+    check_git_dates,
     count_commits,
     iter_commits,
     open_repository,
@@ -86,6 +88,7 @@ class CommitReport:
     written: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    dates: dict[str, str] = field(default_factory=dict)  # --since/--until as git resolved them (UTC, ISO 8601)
 
     @property
     def dropped_total(self) -> int:
@@ -103,6 +106,8 @@ class CommitReport:
         ]
         if self.commits:
             lines.append(f"  read {self.commits} commits")
+        for name, when in self.dates.items():
+            lines.append(f"  --{name} resolved by git to {when}")
         lines.append(f"  dropped {self.dropped_total}" + (":" if self.dropped else ""))
         width = max((len(reason) for reason in self.dropped), default=0)
         for reason, count in self.dropped.items():
@@ -193,6 +198,8 @@ def build_commit_dataset(
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists (pass --overwrite to replace it)")
     resolved = resolve_sources(sources)
+    repos = [source for source in resolved if isinstance(source, GitRepo)]
+    dates = check_git_dates(repos[0], git) if repos and (git.since is not None or git.until is not None) else {}
     totals: list[int | None] = []
     for source in resolved:
         if isinstance(source, GitRepo):
@@ -222,6 +229,10 @@ def build_commit_dataset(
         seed=seed,
         num_proc=num_proc,
         sources=[source.path if isinstance(source, GitRepo) else source.name for source in resolved],
+        dates={
+            name: datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for name, stamp in dates.items()
+        },
     )
     dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
     seen_digests: set[bytes] = set()

@@ -14,6 +14,7 @@ A non-merge commit gives one record per changed file. What cannot become a recor
 
 from __future__ import annotations
 
+import datetime
 import os
 import posixpath
 import re
@@ -137,6 +138,59 @@ def open_repository(path: str | Path) -> GitRepo:
             raise GitError(f"{path}: cannot find the top of the working tree ({_stderr_text(top.stderr)})")
         name = Path(top.stdout.decode().strip()).name
     return GitRepo(path=str(path), name=name)
+
+
+_NOW_WORDS = {"now", "today"}
+_ISO_DATE = re.compile(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
+_FAKE_NOW = 1_000_000_000  # git's GIT_TEST_DATE_NOW: lets "read as now" be told apart exactly
+
+
+def _git_timestamp(repo: GitRepo, flag: str, value: str, now: int | None) -> int | None:
+    env = None if now is None else {**os.environ, "GIT_TEST_DATE_NOW": str(now)}
+    try:
+        result = subprocess.run(
+            ["git", "-C", repo.path, "rev-parse", f"--{flag}={value}"], capture_output=True, check=False, env=env
+        )
+    except FileNotFoundError:
+        raise GitError("git is not installed or not on PATH (the --repo source needs the git command)") from None
+    text = result.stdout.decode().strip()
+    if result.returncode != 0 or "=" not in text:
+        return None
+    return int(text.split("=", 1)[1])
+
+
+def check_git_dates(repo: GitRepo, options: GitOptions) -> dict[str, int]:
+    """The Unix times git will use for --since/--until, refusing what git would silently misread.
+
+    git's date parser never fails: text it does not understand becomes "now" (so `--until garbage` reads the
+    whole history and `--since garbage` nothing), and an impossible calendar date such as 2024-02-30 rolls
+    over. Both are errors here. (git also takes the time of day of an absolute date from the current clock.)
+    """
+    stamps: dict[str, int] = {}
+    for name, flag in (("since", "since"), ("until", "until")):
+        value = getattr(options, name)
+        if value is None:
+            continue
+        match = _ISO_DATE.match(value)
+        if match:
+            try:
+                datetime.date(int(match[1]), int(match[2]), int(match[3]))
+            except ValueError:
+                raise CommitsError(f"--{name} {value!r}: {match[0].strip()} is not a calendar date") from None
+        fake = _git_timestamp(repo, flag, value, _FAKE_NOW)
+        hook_works = _git_timestamp(repo, flag, "now", _FAKE_NOW) == _FAKE_NOW
+        if hook_works and fake == _FAKE_NOW and value.strip().lower() not in _NOW_WORDS:
+            raise CommitsError(
+                f"--{name} {value!r}: git does not understand this date and would read it as now; "
+                "give e.g. 2024-01-31, '2024-01-31 12:00', '2 weeks ago' or @UNIX_SECONDS"
+            )
+        stamp = _git_timestamp(repo, flag, value, None)
+        if stamp is None:
+            raise GitError(f"{repo.path}: git cannot read --{name} {value!r}")
+        stamps[name] = stamp
+    if "since" in stamps and "until" in stamps and stamps["since"] > stamps["until"]:
+        raise CommitsError(f"--since {options.since!r} is later than --until {options.until!r}: no commit can match")
+    return stamps
 
 
 def count_commits(repo: GitRepo, options: GitOptions) -> int:
