@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import time
 
@@ -220,7 +221,11 @@ def test_dates_git_understands_are_resolved_as_git_does(tmp_git_repo):
     stamps = check_git_dates(repo, GitOptions(since="3 weeks ago", until="now"))
     assert stamps["until"] - stamps["since"] == 21 * 86400
     assert abs(stamps["until"] - time.time()) < 60
-    assert set(check_git_dates(repo, GitOptions(since="2024-01-31", until="yesterday"))) == {"since", "until"}
+    # A bare date means its midnight, not the current time of day (git's own reading).
+    midnight = datetime.datetime(2024, 1, 31).timestamp()  # local time, as git reads it
+    assert check_git_dates(repo, GitOptions(since="2024-01-31"))["since"] == midnight
+    assert check_git_dates(repo, GitOptions(until=" 2024-1-31 "))["until"] == midnight
+    assert check_git_dates(repo, GitOptions(since="2024-01-31 12:30"))["since"] == midnight + 12.5 * 3600
 
 
 def test_bare_clone_gives_the_same_records(tmp_git_repo, tmp_path):

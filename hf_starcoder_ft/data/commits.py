@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import gzip
 import json
@@ -200,6 +201,7 @@ def build_commit_dataset(
     resolved = resolve_sources(sources)
     repos = [source for source in resolved if isinstance(source, GitRepo)]
     dates = check_git_dates(repos[0], git) if repos and (git.since is not None or git.until is not None) else {}
+    git = dataclasses.replace(git, **{name: f"@{stamp}" for name, stamp in dates.items()})
     totals: list[int | None] = []
     for source in resolved:
         if isinstance(source, GitRepo):

@@ -164,7 +164,9 @@ def check_git_dates(repo: GitRepo, options: GitOptions) -> dict[str, int]:
 
     git's date parser never fails: text it does not understand becomes "now" (so `--until garbage` reads the
     whole history and `--since garbage` nothing), and an impossible calendar date such as 2024-02-30 rolls
-    over. Both are errors here. (git also takes the time of day of an absolute date from the current clock.)
+    over. Both are errors here. git also takes the time of day of a bare date from the current clock, so
+    `--since 2024-01-31` would depend on when the build runs: a bare date means its midnight (local time) here.
+    Callers pass the returned times to git as `@SECONDS`, so what is reported is exactly what is read.
     """
     stamps: dict[str, int] = {}
     for name, flag in (("since", "since"), ("until", "until")):
@@ -177,6 +179,8 @@ def check_git_dates(repo: GitRepo, options: GitOptions) -> dict[str, int]:
                 datetime.date(int(match[1]), int(match[2]), int(match[3]))
             except ValueError:
                 raise CommitsError(f"--{name} {value!r}: {match[0].strip()} is not a calendar date") from None
+        if match and not value[match.end() :].strip():
+            value = f"{match[0].strip()} 00:00:00"
         fake = _git_timestamp(repo, flag, value, _FAKE_NOW)
         hook_works = _git_timestamp(repo, flag, "now", _FAKE_NOW) == _FAKE_NOW
         if hook_works and fake == _FAKE_NOW and value.strip().lower() not in _NOW_WORDS:
