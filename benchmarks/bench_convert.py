@@ -16,7 +16,8 @@ streaming gets there). A synthetic bf16 multi-query checkpoint (default: 20 laye
    `preadv` (the path the writer still takes where `os.preadv` is missing).
 3. For comparison, the usual converter's shape: merge the whole model in memory, then `save_file`.
 4. A child that only imports what the conversion imports (the interpreter + torch floor).
-5. `verify-conversion` of the result (reference forward + per-tensor table, one layer at a time), against the
+5. `hf-to-megatron` of the result back to the same TP x PP (time and peak RSS; it holds one stage in memory).
+6. `verify-conversion` of the result (reference forward + per-tensor table, one layer at a time), against the
    usual way of checking: load the HF model whole in fp32 and run it (peak RSS of each).
 
 The work directory is deleted at the end unless --keep.
@@ -138,6 +139,15 @@ def child_verify(megatron: Path, hf: Path) -> dict:
     return {"seconds": seconds, "peak_rss": peak, "passed": report.passed, "logit_diff": report.max_logit_diff}
 
 
+def child_export(hf: Path, out: Path, tp: int, pp: int) -> dict:
+    from hf_starcoder_ft.convert.hf_to_megatron import convert_hf_to_megatron
+
+    start = time.perf_counter()
+    convert_hf_to_megatron(hf, out, tp=tp, pp=pp, progress=False, log=lambda _: None)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def child_whole_model_forward(hf: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -209,6 +219,8 @@ def main() -> int:
             print(json.dumps(child_convert(Path(rest[0]), Path(rest[1]), row_copies=kind == "convert_rows")))
         elif kind == "verify":
             print(json.dumps(child_verify(Path(rest[0]), Path(rest[1]))))
+        elif kind == "export":
+            print(json.dumps(child_export(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))))
         elif kind == "whole_model_forward":
             print(json.dumps(child_whole_model_forward(Path(rest[0]))))
         elif kind == "in_memory":
@@ -234,6 +246,8 @@ def main() -> int:
                 shutil.rmtree(work / "hf")
         if not args.skip_verify:
             run_child("convert", str(megatron), str(work / "hf"))
+            exported = run_child("export", str(work / "hf"), str(work / "back"), str(args.tp), str(args.pp))
+            shutil.rmtree(work / "back")
             verified = run_child("verify", str(megatron), str(work / "hf"))
             whole_forward = run_child("whole_model_forward", str(work / "hf"))
             shutil.rmtree(work / "hf")
@@ -274,6 +288,10 @@ def main() -> int:
     print(f"  in-memory conversion:                  {in_memory['peak_rss'] / size:.3f}")
     print(f"  streaming, above the import floor:     {(peak - floor['peak_rss']) / size:.3f}")
     if not args.skip_verify:
+        print(
+            f"hf-to-megatron back to TP{args.tp} x PP{args.pp}: {exported['seconds']:.1f} s, peak RSS "
+            f"{exported['peak_rss'] / gib:.2f} GiB = {exported['peak_rss'] / size:.2f} x the checkpoint"
+        )
         verdict = "PASS" if verified["passed"] else "FAIL"
         print(
             f"verify-conversion: {verified['seconds']:.1f} s, {verdict} (logit diff {verified['logit_diff']:.2g}), "

@@ -362,3 +362,24 @@ def test_fake_megatron_modules_are_removed_after_use():
     with fake_megatron_modules():
         assert "megatron.model.enums" in sys.modules
     assert "megatron.model.enums" not in sys.modules
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_export_copies_only_what_it_must_and_saves_no_parent_bytes(tiny_mqa_model_dir, tp):
+    """hf-to-megatron writes one TP rank at a time: every shard owns exactly its bytes (`torch.save` of a view
+    would write the whole parent tensor), and a whole tensor already read into its own storage is not copied."""
+    from hf_starcoder_ft.convert.hf_format import HFCheckpoint
+    from hf_starcoder_ft.convert.hf_to_megatron import megatron_rank_shard, spec_from_hf_config
+
+    hf = HFCheckpoint(tiny_mqa_model_dir)
+    spec = spec_from_hf_config(hf.config, tp, 1, 128, 384, tiny_mqa_model_dir / "config.json")
+    stage = {key: hf.get(key) for key in hf.keys()}
+    for tp_rank in range(tp):
+        shard = megatron_rank_shard(spec, 0, tp_rank, stage, torch.float32)
+        for key, tensor in shard.items():
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), key
+        ln = shard["model.language_model.encoder.layers.0.input_layernorm.weight"]
+        assert ln.data_ptr() == stage["transformer.h.0.ln_1.weight"].data_ptr()  # replicated: not copied
+        fc = shard["model.language_model.encoder.layers.0.mlp.dense_h_to_4h.weight"]
+        assert (fc.data_ptr() == stage["transformer.h.0.mlp.c_fc.weight"].data_ptr()) == (tp == 1)
+        assert torch.equal(fc, stage["transformer.h.0.mlp.c_fc.weight"].chunk(tp)[tp_rank])

@@ -9,7 +9,7 @@ rows to a multiple of `make_vocab_size_divisible_by * TP`; multi-query `key_valu
 the last stage of a PP > 1 model holds `word_embeddings_for_head`. Only weights are written (no optimizer or
 RNG state): start Megatron with `--finetune --no-load-optim --no-load-rng`.
 
-One pipeline stage of HF tensors is held in memory at a time.
+One pipeline stage of HF tensors is held in memory at a time, and one TP rank's shards of it.
 """
 
 from __future__ import annotations
@@ -117,33 +117,43 @@ def check_hf_tensors(hf: HFCheckpoint, spec: ModelSpec, vocab_rows: int) -> None
         )
 
 
-def megatron_rank_shards(
-    spec: ModelSpec, pp_rank: int, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype
-) -> list[dict[str, torch.Tensor]]:
-    """Cut one stage's HF tensors into each TP rank's flat Megatron state (stage-local layer numbers).
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` if `torch.save` would write exactly its bytes, else a copy: saving a view writes its whole parent."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == nbytes:
+        return tensor
+    return tensor.clone()
 
-    Every shard is copied into its own storage: `torch.save` of a view would write the whole parent tensor.
+
+def megatron_rank_shard(
+    spec: ModelSpec, pp_rank: int, tp_rank: int, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """One TP rank's flat Megatron state (stage-local layer numbers) cut from its stage's HF tensors.
+
+    Only this rank's slices are copied (a whole tensor that already owns its storage, as at TP=1, is not), so
+    writing a stage one rank at a time holds the stage plus one rank's shards.
     """
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.tp)]
+    shard: dict[str, torch.Tensor] = {}
     for rule in stage_rules(spec, pp_rank):
         tensor = hf_tensors[rule.hf].to(dtype)
         if rule.hf == HF_WTE:
             tensor = pad_vocab_rows(tensor, spec.padded_vocab_size)
         pieces = split_fused_rows(tensor, part_rows(spec, rule), rule.hf) if len(rule.parts) > 1 else [tensor]
         for part, piece in zip(rule.parts, pieces, strict=True):
-            if part.split is Split.REPLICATED:
-                owned = piece.clone()  # `piece` may be a view of a fused tensor
-                for tp_rank in range(spec.tp):
-                    shards[tp_rank][part.megatron] = owned
-                continue
-            for tp_rank, shard in enumerate(split_tensor_parallel(piece, part.split, spec.tp, part.megatron)):
-                shards[tp_rank][part.megatron] = shard.clone()
+            if part.split is not Split.REPLICATED:
+                piece = split_tensor_parallel(piece, part.split, spec.tp, part.megatron)[tp_rank]
+            shard[part.megatron] = _owned(piece)
     if spec.pp > 1 and pp_rank == spec.pp - 1:
         head = pad_vocab_rows(hf_tensors[HF_WTE].to(dtype), spec.padded_vocab_size)
-        for tp_rank, shard in enumerate(split_tensor_parallel(head, Split.ROWS, spec.tp, HEAD_EMBEDDINGS)):
-            shards[tp_rank][HEAD_EMBEDDINGS] = shard.clone()
-    order = stage_megatron_keys(spec, pp_rank)
-    return [{key: shard[key] for key in order} for shard in shards]
+        shard[HEAD_EMBEDDINGS] = _owned(split_tensor_parallel(head, Split.ROWS, spec.tp, HEAD_EMBEDDINGS)[tp_rank])
+    return {key: shard[key] for key in stage_megatron_keys(spec, pp_rank)}
+
+
+def megatron_rank_shards(
+    spec: ModelSpec, pp_rank: int, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+) -> list[dict[str, torch.Tensor]]:
+    """Every TP rank's flat Megatron state for one stage (see `megatron_rank_shard`)."""
+    return [megatron_rank_shard(spec, pp_rank, tp_rank, hf_tensors, dtype) for tp_rank in range(spec.tp)]
 
 
 def nest_megatron_state(flat: dict[str, torch.Tensor]) -> dict:
@@ -229,7 +239,8 @@ def convert_hf_to_megatron(
                 if pp > 1 and pp_rank == pp - 1:
                     needed.append(HF_WTE)
                 stage = {key: hf.get(key) for key in dict.fromkeys(needed)}
-                for tp_rank, flat in enumerate(megatron_rank_shards(spec, pp_rank, stage, out_dtype)):
+                for tp_rank in range(tp):
+                    flat = megatron_rank_shard(spec, pp_rank, tp_rank, stage, out_dtype)
                     path = folder / rank_dir_name(tp_rank, pp_rank, pp) / file_name
                     content = {
                         "args": args,
@@ -238,6 +249,7 @@ def convert_hf_to_megatron(
                         "model": nest_megatron_state(flat),
                     }
                     save_rank_file(content, path)
+                    del flat, content
                     rank_files.append(Path(out_dir) / path.relative_to(tmp))
                     bar.update(1)
                 del stage
@@ -262,4 +274,10 @@ def convert_hf_to_megatron(
     )
 
 
-__all__ = ["convert_hf_to_megatron", "spec_from_hf_config", "megatron_rank_shards", "nest_megatron_state"]
+__all__ = [
+    "convert_hf_to_megatron",
+    "spec_from_hf_config",
+    "megatron_rank_shard",
+    "megatron_rank_shards",
+    "nest_megatron_state",
+]
