@@ -366,20 +366,30 @@ def test_fake_megatron_modules_are_removed_after_use():
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_export_copies_only_what_it_must_and_saves_no_parent_bytes(tiny_mqa_model_dir, tp):
-    """hf-to-megatron writes one TP rank at a time: every shard owns exactly its bytes (`torch.save` of a view
-    would write the whole parent tensor), and a whole tensor already read into its own storage is not copied."""
+    """hf-to-megatron maps the safetensors files and writes one TP rank at a time: every shard's storage is
+    exactly its bytes (`torch.save` of a view would write the whole parent tensor); whole tensors and runs of
+    rows (row-split shards, the query / key_value rows of the fused c_attn) point into the file mapping, and
+    only column-split shards are copies."""
     from hf_starcoder_ft.convert.hf_format import HFCheckpoint
     from hf_starcoder_ft.convert.hf_to_megatron import megatron_rank_shard, spec_from_hf_config
 
     hf = HFCheckpoint(tiny_mqa_model_dir)
     spec = spec_from_hf_config(hf.config, tp, 1, 128, 384, tiny_mqa_model_dir / "config.json")
-    stage = {key: hf.get(key) for key in hf.keys()}
+    stage = {key: hf.get_mapped(key) for key in hf.keys()}
+    layer = "model.language_model.encoder.layers.0."
     for tp_rank in range(tp):
-        shard = megatron_rank_shard(spec, 0, tp_rank, stage, torch.float32)
+        shard = megatron_rank_shard(spec, 0, tp_rank, stage, torch.float32, hf)
         for key, tensor in shard.items():
             assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), key
-        ln = shard["model.language_model.encoder.layers.0.input_layernorm.weight"]
-        assert ln.data_ptr() == stage["transformer.h.0.ln_1.weight"].data_ptr()  # replicated: not copied
-        fc = shard["model.language_model.encoder.layers.0.mlp.dense_h_to_4h.weight"]
-        assert (fc.data_ptr() == stage["transformer.h.0.mlp.c_fc.weight"].data_ptr()) == (tp == 1)
-        assert torch.equal(fc, stage["transformer.h.0.mlp.c_fc.weight"].chunk(tp)[tp_rank])
+        fc, c_fc = shard[layer + "mlp.dense_h_to_4h.weight"], stage["transformer.h.0.mlp.c_fc.weight"]
+        assert torch.equal(fc, c_fc.chunk(tp)[tp_rank])
+        assert fc.data_ptr() == c_fc.chunk(tp)[tp_rank].data_ptr()  # rows of the mapping, not a copy
+        query, c_attn = shard[layer + "self_attention.query.weight"], stage["transformer.h.0.attn.c_attn.weight"]
+        assert query.data_ptr() == c_attn[:32].chunk(tp)[tp_rank].data_ptr()
+        key_value = shard[layer + "self_attention.key_value.weight"]
+        assert key_value.data_ptr() == c_attn[32:].data_ptr() and torch.equal(key_value, c_attn[32:])
+        ln = shard[layer + "input_layernorm.weight"]
+        assert ln.data_ptr() == stage["transformer.h.0.ln_1.weight"].data_ptr()
+        proj, c_proj = shard[layer + "mlp.dense_4h_to_h.weight"], stage["transformer.h.0.mlp.c_proj.weight"]
+        assert torch.equal(proj, c_proj.chunk(tp, dim=1)[tp_rank])
+        assert (proj.data_ptr() == c_proj.data_ptr()) == (tp == 1)  # column shards of TP > 1 are copies

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import re
 import sys
@@ -101,6 +102,8 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise HFCheckpointError(f"{self.path}: safetensors header is not a JSON object")
         header.pop("__metadata__", None)
+        self._map: mmap.mmap | None = None
+        self._map_address = 0
         self.data_start = 8 + length
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for key, entry in header.items():
@@ -123,6 +126,43 @@ class SafetensorsFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.entries[key][1]
+
+    def mapped(self, key: str) -> torch.Tensor:
+        """`key` as a view of a private (copy-on-write) mapping of the file: nothing is read until touched, and
+        its pages are the page cache's, which `release_pages` hands back. The tensor's storage is exactly its
+        own bytes, so `torch.save` writes nothing more."""
+        dtype, shape, start, end = self.entries[key]
+        if end == start:
+            return torch.empty(shape, dtype=dtype)
+        flat = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=end - start, offset=self.data_start + start)
+        return flat.view(dtype).reshape(shape)
+
+    def mapped_rows(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """A contiguous view into this file's mapping (such as a run of rows of a `mapped` tensor) re-made as a
+        tensor whose storage is exactly its bytes; None if `tensor` is not such a view."""
+        if self._map is None or not tensor.is_contiguous() or tensor.numel() == 0:
+            return None
+        offset = tensor.data_ptr() - self._map_address
+        nbytes = tensor.numel() * tensor.element_size()
+        if offset < 0 or offset + nbytes > len(self._map):
+            return None
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=offset)
+        return flat.view(tensor.dtype).reshape(tensor.shape)
+
+    def release_pages(self) -> None:
+        """Drop this process's mapped pages of the file (they stay in the page cache; tensors stay valid)."""
+        if self._map is not None:
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):
+                pass  # not on this platform: the pages are still clean and reclaimable
+
+    def _mapping(self) -> mmap.mmap:
+        if self._map is None:
+            with open(self.path, "rb") as file:
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._map_address = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
+        return self._map
 
     def read(self, key: str) -> torch.Tensor:
         dtype, shape, start, end = self.entries[key]
@@ -235,6 +275,25 @@ class HFCheckpoint:
         if file.suffix == ".safetensors":
             return self._safe_handle(file).shape(key)
         return tuple(self.get(key).shape)
+
+    def get_mapped(self, key: str) -> torch.Tensor:
+        """Like `get`, but a safetensors tensor comes back as a view of the file mapping (read when touched)."""
+        if key in self.weight_map and self.weight_map[key].suffix == ".safetensors":
+            return self._safe_handle(self.weight_map[key]).mapped(key)
+        return self.get(key)
+
+    def exact_storage(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """A contiguous view into a file mapping made by `get_mapped`, as a tensor whose storage is exactly its
+        bytes (so `torch.save` writes only them, without a copy); None if it is not one."""
+        for handle in self._safe_handles.values():
+            found = handle.mapped_rows(tensor)
+            if found is not None:
+                return found
+        return None
+
+    def release_pages(self) -> None:
+        for handle in self._safe_handles.values():
+            handle.release_pages()
 
     def file_of(self, key: str) -> Path:
         return self.weight_map[key]

@@ -9,7 +9,9 @@ rows to a multiple of `make_vocab_size_divisible_by * TP`; multi-query `key_valu
 the last stage of a PP > 1 model holds `word_embeddings_for_head`. Only weights are written (no optimizer or
 RNG state): start Megatron with `--finetune --no-load-optim --no-load-rng`.
 
-One pipeline stage of HF tensors is held in memory at a time, and one TP rank's shards of it.
+Safetensors weights are mapped, not read: a rank file is written from the mapped bytes where its tensors are
+whole tensors or runs of rows, and from copies only for column-split shards, padded vocabularies and dtype casts,
+one rank at a time.
 """
 
 from __future__ import annotations
@@ -117,21 +119,30 @@ def check_hf_tensors(hf: HFCheckpoint, spec: ModelSpec, vocab_rows: int) -> None
         )
 
 
-def _owned(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` if `torch.save` would write exactly its bytes, else a copy: saving a view writes its whole parent."""
+def _owned(tensor: torch.Tensor, hf: HFCheckpoint | None = None) -> torch.Tensor:
+    """`tensor` if `torch.save` would write exactly its bytes; a run of rows of a mapped safetensors tensor re-made
+    over the same mapped bytes; else a copy (saving a view writes its whole parent)."""
     nbytes = tensor.numel() * tensor.element_size()
     if tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == nbytes:
         return tensor
-    return tensor.clone()
+    exact = hf.exact_storage(tensor) if hf is not None else None
+    return exact if exact is not None else tensor.clone()
 
 
 def megatron_rank_shard(
-    spec: ModelSpec, pp_rank: int, tp_rank: int, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+    spec: ModelSpec,
+    pp_rank: int,
+    tp_rank: int,
+    hf_tensors: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    hf: HFCheckpoint | None = None,
 ) -> dict[str, torch.Tensor]:
     """One TP rank's flat Megatron state (stage-local layer numbers) cut from its stage's HF tensors.
 
-    Only this rank's slices are copied (a whole tensor that already owns its storage, as at TP=1, is not), so
-    writing a stage one rank at a time holds the stage plus one rank's shards.
+    Only what must be is copied: a whole tensor that owns its storage is used as it is, and with `hf` (whose
+    `get_mapped` gave the tensors) a run of rows (row-split shards, the query or key/value rows of a fused
+    weight) is saved straight from the file mapping. Column-split shards, padded vocabularies and dtype casts
+    are new tensors, one rank's at a time.
     """
     shard: dict[str, torch.Tensor] = {}
     for rule in stage_rules(spec, pp_rank):
@@ -142,10 +153,10 @@ def megatron_rank_shard(
         for part, piece in zip(rule.parts, pieces, strict=True):
             if part.split is not Split.REPLICATED:
                 piece = split_tensor_parallel(piece, part.split, spec.tp, part.megatron)[tp_rank]
-            shard[part.megatron] = _owned(piece)
+            shard[part.megatron] = _owned(piece, hf)
     if spec.pp > 1 and pp_rank == spec.pp - 1:
         head = pad_vocab_rows(hf_tensors[HF_WTE].to(dtype), spec.padded_vocab_size)
-        shard[HEAD_EMBEDDINGS] = _owned(split_tensor_parallel(head, Split.ROWS, spec.tp, HEAD_EMBEDDINGS)[tp_rank])
+        shard[HEAD_EMBEDDINGS] = _owned(split_tensor_parallel(head, Split.ROWS, spec.tp, HEAD_EMBEDDINGS)[tp_rank], hf)
     return {key: shard[key] for key in stage_megatron_keys(spec, pp_rank)}
 
 
@@ -238,9 +249,9 @@ def convert_hf_to_megatron(
                 needed = [rule.hf for rule in stage_rules(spec, pp_rank)]
                 if pp > 1 and pp_rank == pp - 1:
                     needed.append(HF_WTE)
-                stage = {key: hf.get(key) for key in dict.fromkeys(needed)}
+                stage = {key: hf.get_mapped(key) for key in dict.fromkeys(needed)}
                 for tp_rank in range(tp):
-                    flat = megatron_rank_shard(spec, pp_rank, tp_rank, stage, out_dtype)
+                    flat = megatron_rank_shard(spec, pp_rank, tp_rank, stage, out_dtype, hf)
                     path = folder / rank_dir_name(tp_rank, pp_rank, pp) / file_name
                     content = {
                         "args": args,
@@ -250,6 +261,7 @@ def convert_hf_to_megatron(
                     }
                     save_rank_file(content, path)
                     del flat, content
+                    hf.release_pages()
                     rank_files.append(Path(out_dir) / path.relative_to(tmp))
                     bar.update(1)
                 del stage
