@@ -405,3 +405,15 @@ def test_max_abs_difference_in_row_slices(shape):
     expected = (a.float() - b.float()).abs().max().item()
     assert verify_module.max_abs_difference(a, b, chunk_elements=7) == expected
     assert verify_module.max_abs_difference(a, a, chunk_elements=7) == 0.0
+
+
+def test_verify_progress_bar_counts_every_layer_and_tensor(tiny_mqa_model_dir, tmp_path, capsys):
+    megatron = write_reference_checkpoint(tmp_path / "megatron", tiny_mqa_model_dir, tp=2, pp=2)
+    convert_megatron_to_hf(megatron, tmp_path / "hf", **QUIET)
+    assert verify_module.main(["--megatron", str(megatron), "--hf", str(tmp_path / "hf")]) == 0
+    captured = capsys.readouterr()
+    assert "verify: 100%" in captured.err and "32/32" in captured.err  # 2 x 2 layers + 28 tensors
+    assert ": PASS" in captured.out
+    argv = ["--megatron", str(megatron), "--hf", str(tmp_path / "hf"), "--no_progress"]
+    assert verify_module.main(argv) == 0
+    assert "verify:" not in capsys.readouterr().err

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +97,11 @@ def _reference_layer(x: torch.Tensor, ranks: list[dict], prefix: str, spec, gelu
     return x + mlp_out
 
 
-def megatron_reference_logits(checkpoint: MegatronCheckpoint, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits [batch, seq, padded_vocab] of the Megatron model, computed stage by stage from its rank files."""
+def megatron_reference_logits(
+    checkpoint: MegatronCheckpoint, input_ids: torch.Tensor, on_layer: Callable[[], None] | None = None
+) -> torch.Tensor:
+    """Logits [batch, seq, padded_vocab] of the Megatron model, computed stage by stage from its rank files
+    (`on_layer` is called after each layer, for a progress bar)."""
     spec = checkpoint.spec
     activation, _ = activation_from_args(checkpoint.args)
     gelu = megatron_gelu(activation)
@@ -126,6 +130,8 @@ def megatron_reference_logits(checkpoint: MegatronCheckpoint, input_ids: torch.T
                     for key in [key for key in rank if key.startswith(prefix)]:
                         if isinstance(rank[key], torch.Tensor):
                             rank_file.release(rank[key])
+                if on_layer is not None:
+                    on_layer()
             if pp_rank == spec.pp - 1:
                 final = ranks[0]
                 x = F.layer_norm(
@@ -188,7 +194,12 @@ def max_abs_difference(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1
     )
 
 
-def compare_tensors(checkpoint: MegatronCheckpoint, hf_dir: Path, report: VerificationReport) -> None:
+def compare_tensors(
+    checkpoint: MegatronCheckpoint,
+    hf_dir: Path,
+    report: VerificationReport,
+    on_tensor: Callable[[], None] | None = None,
+) -> None:
     """Cut every HF tensor back into TP shards and compare each with the rank file's tensor (in fp32)."""
     from hf_starcoder_ft.convert.hf_format import HFCheckpoint
     from hf_starcoder_ft.convert.keymap import (
@@ -252,12 +263,16 @@ def compare_tensors(checkpoint: MegatronCheckpoint, hf_dir: Path, report: Verifi
             for rank_file, rank in zip(rank_files, ranks, strict=True):
                 for part in rule.parts:
                     rank_file.release(rank[part.megatron])
+            if on_tensor is not None:
+                on_tensor()
     extra = sorted(set(hf.keys()) - seen - {"lm_head.weight"})
     for key in extra:
         report.problems.append(f"{key}: in {hf_dir} but not produced by the Megatron checkpoint")
 
 
-def hf_logits_layer_by_layer(hf_dir: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
+def hf_logits_layer_by_layer(
+    hf_dir: str | Path, input_ids: torch.Tensor, on_layer: Callable[[], None] | None = None
+) -> torch.Tensor:
     """The HF model's fp32 logits from its own `forward` (eager attention), holding only the embeddings, the
     final norm and one block's weights at a time: the model is built on the meta device, and hooks load each
     block from the safetensors files just before it runs and send it back to meta right after."""
@@ -301,6 +316,8 @@ def hf_logits_layer_by_layer(hf_dir: str | Path, input_ids: torch.Tensor) -> tor
 
     def drop(module: torch.nn.Module, _args, _output) -> None:  # a hook that returned a value would replace the output
         module.to(device="meta")
+        if on_layer is not None:
+            on_layer()
 
     for index, block in enumerate(blocks):
         block.register_forward_pre_hook(lambda module, _args, index=index: load(module, f"{prefix}h.{index}."))
@@ -318,9 +335,14 @@ def verify_conversion(
     seed: int = 0,
     atol: float = 1e-3,
     tensor_atol: float = 0.0,
+    progress: bool = False,
 ) -> VerificationReport:
-    """Run both checks; the caller prints the report."""
+    """Run both checks; the caller prints the report. `progress` shows one bar over the layers of both forward
+    passes and the tensors of the table (minutes for a 15B model)."""
+    from tqdm.auto import tqdm
     from transformers import AutoConfig
+
+    from hf_starcoder_ft.convert.keymap import stage_rules
 
     checkpoint = open_checkpoint(megatron_dir, iteration)
     config = AutoConfig.from_pretrained(str(hf_dir), trust_remote_code=False)
@@ -332,14 +354,20 @@ def verify_conversion(
     length = min(seq_len, checkpoint.spec.max_position_embeddings)
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (num_sequences, length), generator=generator)
-    reference = megatron_reference_logits(checkpoint, input_ids)[..., :vocab]
-    logits = hf_logits_layer_by_layer(hf_dir, input_ids)
-    report = VerificationReport(
-        max_logit_diff=(logits - reference).abs().max().item(), atol=atol, tensor_atol=tensor_atol
-    )
-    if not config.tie_word_embeddings:
-        report.problems.append(f"{hf_dir}/config.json: tie_word_embeddings is false; Megatron ties the head to wte")
-    compare_tensors(checkpoint, Path(hf_dir), report)
+    layers = checkpoint.spec.num_layers
+    tensors = sum(len(stage_rules(checkpoint.spec, pp_rank)) for pp_rank in range(checkpoint.spec.pp))
+    with tqdm(total=2 * layers + tensors, desc="verify", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("Megatron reference forward")
+        reference = megatron_reference_logits(checkpoint, input_ids, on_layer=lambda: bar.update(1))[..., :vocab]
+        bar.set_postfix_str("HF forward, layer by layer")
+        logits = hf_logits_layer_by_layer(hf_dir, input_ids, on_layer=lambda: bar.update(1))
+        report = VerificationReport(
+            max_logit_diff=(logits - reference).abs().max().item(), atol=atol, tensor_atol=tensor_atol
+        )
+        if not config.tie_word_embeddings:
+            report.problems.append(f"{hf_dir}/config.json: tie_word_embeddings is false; Megatron ties the head")
+        bar.set_postfix_str("tensor table")
+        compare_tensors(checkpoint, Path(hf_dir), report, on_tensor=lambda: bar.update(1))
     return report
 
 
@@ -375,7 +403,15 @@ def add_verify_options(parser: argparse.ArgumentParser) -> None:
 def run_verification(megatron: Path, hf: Path, iteration: str | None, args: argparse.Namespace) -> int:
     """Verify with the options of `add_verify_options`, print the report; exit status 0 (pass) or 1 (fail)."""
     report = verify_conversion(
-        megatron, hf, iteration, args.num_sequences, args.seq_len, args.seed, args.atol, args.tensor_atol
+        megatron,
+        hf,
+        iteration,
+        args.num_sequences,
+        args.seq_len,
+        args.seed,
+        args.atol,
+        args.tensor_atol,
+        progress=not getattr(args, "no_progress", False),
     )
     print_report(report)
     return 0 if report.passed else 1
@@ -390,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf", required=True, type=Path, help="converted Hugging Face model directory")
     parser.add_argument("--iteration", default=None, help="iteration number or `release` (default: the tracker file)")
     add_verify_options(parser)
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     from hf_starcoder_ft.convert.hf_format import HFCheckpointError
 
