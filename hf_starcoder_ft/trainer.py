@@ -84,6 +84,7 @@ class PreemptionHandler:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -102,6 +103,7 @@ class PreemptionHandler:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -121,6 +123,7 @@ class _StepCallback(TrainerCallback):
         trainer = self.trainer
         trainer._end_step_timing()
         if trainer.preemption is not None and trainer._any_rank_preempted():
+            # every rank stops after this same step (a ZeRO-3 checkpoint is collective), signalled or not
             trainer.preempted_at_step = state.global_step
             control.should_save = True
             control.should_training_stop = True
@@ -212,10 +215,14 @@ class StarCoderTrainer(Trainer):
                 out.write(json.dumps(record) + "\n")
 
     def _any_rank_preempted(self) -> bool:
-        flag = torch.tensor([1 if self.preemption.requested else 0], device=self.args.device)
+        """True on every rank if any rank was signalled; a rank that was not learns the signal's name."""
+        signum = torch.tensor([self.preemption.signum or 0], device=self.args.device)
         if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+            signum = self.accelerator.reduce(signum, reduction="max")  # max: a sum of signal numbers is no signal
+        received = int(signum.item())
+        if received and not self.preemption.requested:
+            self.preemption.signal_name = f"{signal.Signals(received).name} (sent to another process)"
+        return received > 0
 
     # -------------------------------------------------------------------------------------------- logging
 

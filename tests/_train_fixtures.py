@@ -114,8 +114,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(argv: list[str], num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file launch/zero3_cpu_2proc.yaml train.py ARGV` from the repository root."""
+def launch_command(argv: list[str], num_processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `accelerate launch --config_file launch/zero3_cpu_2proc.yaml train.py
+    ARGV`, run from the repository root."""
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [
         str(accelerate),
@@ -137,6 +138,12 @@ def launch(argv: list[str], num_processes: int = 2, timeout: int = 300) -> subpr
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    return command, env
+
+
+def launch(argv: list[str], num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `launch_command` to the end; a non-zero exit fails with the tails of both streams."""
+    command, env = launch_command(argv, num_processes)
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(

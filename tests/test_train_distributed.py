@@ -10,6 +10,12 @@ across ranks, and that the model saved under ZeRO-3 is the trained one.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,12 +25,15 @@ from _train_fixtures import (  # noqa: F401
     eval_entries,
     fingerprints,
     launch,
+    launch_command,
     load_weights,
     step_losses,
     train_model_dir_fixture,
 )
 
 from hf_starcoder_ft.train import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.distributed
 
@@ -158,3 +167,78 @@ def test_lora_adapter_is_saved_nonempty_and_merges_exactly(lora_run, train_model
     with torch.no_grad():
         got_bf16 = merged_bf16(input_ids=ids).logits.float()
     assert (got_bf16 - expected).abs().max() < 0.1 * (expected - before).abs().max() + 0.05
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _local_rank(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"LOCAL_RANK="):
+            return int(item.split(b"=", 1)[1])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_resumable_checkpoint(
+    train_model_dir, addition_data, tmp_path
+):
+    """Under ZeRO-3 a checkpoint is a collective: if one rank saved at step N and the other at N+1 the run would
+    hang. SIGTERM goes to rank 1 only; both ranks must agree (all-reduce) to save at the same step and stop, the
+    launcher must exit 0, and the checkpoint must resume."""
+    out = tmp_path / "run"
+    argv = base_args(train_model_dir, addition_data, out, max_steps=200, save_steps=1000, eval_steps=1000)
+    command, env = launch_command(argv)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while sum("'loss'" in line for line in lines) < 3:
+            assert process.poll() is None, "".join(lines)[-4000:]
+            assert time.monotonic() < deadline, "no training progress:\n" + "".join(lines)[-4000:]
+            time.sleep(0.2)
+        workers = {}
+        for child in _children(process.pid):  # accelerate -> workers (or one level deeper)
+            for pid in [child, *_children(child)]:
+                rank = _local_rank(pid)
+                if rank is not None:
+                    workers[rank] = pid
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGTERM)
+        assert process.wait(timeout=180) == 0, "".join(lines)[-4000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert "SIGTERM received: saving a checkpoint" in output
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and stopped[0].startswith("stopped by SIGTERM (sent to another process) at step"), stopped
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert 3 <= step < 200
+    checkpoints = sorted(path.name for path in out.glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{step}"]
+    shards = sorted(path.name for path in (out / f"checkpoint-{step}").rglob("*model_states.pt"))
+    assert len(shards) == 2, shards  # each rank's ZeRO-3 partition: both ranks took part in the save
+    resumed = launch(base_args(train_model_dir, addition_data, out, max_steps=step + 2, save_steps=1000,
+                               eval_steps=1000, resume_from_checkpoint="auto"))  # fmt: skip
+    assert f"resuming from {out / f'checkpoint-{step}'}" in resumed.stdout
+    assert max(step_losses(out)) == step + 2
