@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from hf_starcoder_ft.config import ConfigError, parse_train_args
 
 FINAL_TMP_NAME = ".final-model.tmp"
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"  # written by StarCoderTrainer._save_checkpoint
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -31,15 +33,51 @@ SUMMARY_FILE = "run_summary.json"
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """`auto` -> the last checkpoint in output_dir (None on a first run); a path must be a Trainer checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """`auto` -> the newest complete checkpoint in output_dir (None on a first run); a path must be a Trainer
+    checkpoint. Incomplete checkpoints (a crash while saving) are skipped with a message naming them, and a
+    folder holding only incomplete ones is an error rather than a silent fresh start."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from hf_starcoder_ft.trainer import checkpoint_problem
 
     if resume is None or resume in ("", "false", "False", "no"):
         return None
     if resume == "auto":
-        return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        root = Path(output_dir)
+        if not root.is_dir():
+            return None
+        pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+        found = sorted(
+            ((int(match[1]), path) for path in root.iterdir() if path.is_dir() and (match := pattern.match(path.name))),
+            reverse=True,
+        )
+        skipped = []
+        for _, path in found:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                for name, reason in skipped:
+                    print(f"warning: skipping incomplete {name}: {reason}", file=sys.stderr, flush=True)
+                return str(path)
+            skipped.append((path.name, problem))
+        if skipped:
+            listed = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+            raise ConfigError(
+                f"{output_dir}: no complete checkpoint to resume ({listed}); pass one with "
+                "--resume_from_checkpoint PATH if you know it is whole, or start over with --overwrite_output_dir"
+            )
+        return None
     if not (Path(resume) / "trainer_state.json").is_file():
         raise ConfigError(f"resume_from_checkpoint {resume}: not a checkpoint directory (no trainer_state.json)")
+    problem = checkpoint_problem(resume)
+    if problem is not None and (Path(resume) / CHECKPOINT_COMPLETE_NAME).is_file():
+        raise ConfigError(f"resume_from_checkpoint {resume}: damaged checkpoint ({problem})")
+    if problem is not None:
+        print(
+            f"warning: {resume} has no completeness marker (saved by another tool, or a save that did not "
+            "finish); resuming from it because it was named",
+            file=sys.stderr,
+            flush=True,
+        )
     return resume
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -73,6 +74,33 @@ def training_flops_per_token(config, seq_length: int) -> float:
     block = hidden * (hidden + 2 * kv_dim) + hidden * hidden + 2 * hidden * inner
     matmul_params = layers * block + config.vocab_size * hidden
     return 6.0 * matmul_params + 12.0 * layers * hidden * seq_length
+
+
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # train.CHECKPOINT_COMPLETE_NAME; kept importable without torch
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a whole checkpoint written by this trainer, or None if it is.
+
+    A checkpoint is marked complete only after every rank has written its part; the marker lists every file
+    with its size, so a folder left by a crash during saving (no marker) or a file cut short since (size
+    differs) is told apart from a whole one.
+    """
+    folder = Path(folder)
+    marker = folder / CHECKPOINT_COMPLETE
+    if not marker.is_file():
+        return f"no {CHECKPOINT_COMPLETE} (saving did not finish: a crash or kill during the save?)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{CHECKPOINT_COMPLETE} is unreadable ({error})"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
 
 
 def row_fingerprint(input_ids: torch.Tensor) -> str:
@@ -162,6 +190,44 @@ class StarCoderTrainer(Trainer):
         self.add_callback(_StepCallback(self))
 
     # ------------------------------------------------------------------------------------------- training
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, made crash-safe: a partial folder of this step left by an earlier crash is
+        removed first, and once every rank has written its part (ZeRO-3 partitions included) the main process
+        writes `checkpoint_complete.json` atomically; only then are old checkpoints rotated out, so a crash at
+        any point leaves the previous complete checkpoint in place. `--resume_from_checkpoint auto` takes the
+        newest complete one."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        from hf_starcoder_ft.io_utils import atomic_write
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.is_dir() and checkpoint_problem(folder) is not None:
+            shutil.rmtree(folder)  # a partial save of this very step: no stale files may mix with the new ones
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only after the new checkpoint is marked complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            files = {
+                path.relative_to(folder).as_posix(): path.stat().st_size
+                for path in sorted(folder.rglob("*"))
+                if path.is_file()
+            }
+            marker = {"global_step": self.state.global_step, "world_size": self.args.world_size, "files": files}
+            with atomic_write(folder / CHECKPOINT_COMPLETE) as tmp:
+                tmp.write_text(json.dumps(marker, indent=1) + "\n")
+            rotate_checkpoints(
+                output_dir=str(folder.parent),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the micro-batches of one optimizer step and count the global batch's loss units.

@@ -238,6 +238,11 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_resumable_checkp
     assert checkpoints == [f"checkpoint-{step}"]
     shards = sorted(path.name for path in (out / f"checkpoint-{step}").rglob("*model_states.pt"))
     assert len(shards) == 2, shards  # each rank's ZeRO-3 partition: both ranks took part in the save
+    from hf_starcoder_ft.trainer import CHECKPOINT_COMPLETE, checkpoint_problem
+
+    marker = json.loads((out / f"checkpoint-{step}" / CHECKPOINT_COMPLETE).read_text())
+    assert marker["world_size"] == 2 and sum(name.endswith("model_states.pt") for name in marker["files"]) == 2
+    assert checkpoint_problem(out / f"checkpoint-{step}") is None
     resumed = launch(base_args(train_model_dir, addition_data, out, max_steps=step + 2, save_steps=1000,
                                eval_steps=1000, resume_from_checkpoint="auto"))  # fmt: skip
     assert f"resuming from {out / f'checkpoint-{step}'}" in resumed.stdout

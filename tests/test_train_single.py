@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,7 @@ def test_resume_without_rng_state_differs(straight_run, train_model_dir, additio
 
     shutil.copytree(straight_run / "checkpoint-3", resume_from)
     (resume_from / "rng_state.pth").unlink()
+    (resume_from / "checkpoint_complete.json").unlink()  # else the missing file is refused as damage (tested below)
     assert main(argv + ["--resume_from_checkpoint", str(resume_from)]) == 0
     assert step_losses(out)[4] != step_losses(straight_run)[4]
 
@@ -198,3 +200,92 @@ def test_init_from_config_builds_a_random_model_for_smoke_tests(
     assert load_weights(out)[key].shape != load_weights(train_model_dir)[key].shape or not torch.equal(
         load_weights(out)[key], load_weights(train_model_dir)[key]
     )
+
+
+def test_checkpoints_are_marked_complete_with_every_file(straight_run):
+    from hf_starcoder_ft.trainer import CHECKPOINT_COMPLETE, checkpoint_problem
+
+    for step in (3, 6):
+        folder = straight_run / f"checkpoint-{step}"
+        marker = json.loads((folder / CHECKPOINT_COMPLETE).read_text())
+        assert marker["global_step"] == step and marker["world_size"] == 1
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {CHECKPOINT_COMPLETE}
+        assert set(marker["files"]) == on_disk
+        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= on_disk
+        assert checkpoint_problem(folder) is None
+
+
+def test_auto_resume_skips_incomplete_and_damaged_checkpoints(straight_run, tmp_path, capsys):
+    import shutil
+
+    from hf_starcoder_ft.config import ConfigError
+    from hf_starcoder_ft.train import resolve_resume
+
+    out = tmp_path / "run"
+    for step in (3, 6):
+        shutil.copytree(straight_run / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    assert resolve_resume("auto", str(out)) == str(out / "checkpoint-6")
+    # a save that never finished (no marker), and a whole-looking one whose optimizer file was cut short
+    shutil.copytree(straight_run / "checkpoint-6", out / "checkpoint-9")
+    (out / "checkpoint-9" / "checkpoint_complete.json").unlink()
+    shutil.copytree(straight_run / "checkpoint-6", out / "checkpoint-8")
+    optimizer = out / "checkpoint-8" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    capsys.readouterr()
+    assert resolve_resume("auto", str(out)) == str(out / "checkpoint-6")
+    err = capsys.readouterr().err
+    assert "skipping incomplete checkpoint-9: no checkpoint_complete.json" in err
+    assert "skipping incomplete checkpoint-8: optimizer.pt has 100 bytes" in err
+    with pytest.raises(ConfigError, match="damaged checkpoint \\(optimizer.pt has 100 bytes"):
+        resolve_resume(str(out / "checkpoint-8"), str(out))
+    for step in (3, 6):
+        shutil.rmtree(out / f"checkpoint-{step}")
+    with pytest.raises(ConfigError, match="no complete checkpoint to resume \\(checkpoint-9: .*; checkpoint-8: "):
+        resolve_resume("auto", str(out))
+    assert resolve_resume("auto", str(tmp_path / "fresh")) is None
+
+
+@pytest.mark.parametrize("crash_point", ["optimizer", "marker"])
+def test_crash_during_a_save_resumes_from_the_previous_checkpoint_exactly(
+    straight_run, train_model_dir, addition_data, tmp_path, monkeypatch, capsys, crash_point
+):
+    """A crash while checkpoint-6 is being written (after the weights, before the optimizer; or after every file,
+    before the completeness marker) leaves a folder that must not be resumed from; `auto` takes checkpoint-3, the
+    partial folder is replaced, and the run ends as the uninterrupted one did. save_total_limit 1 must not have
+    removed checkpoint-3 before 6 was marked whole."""
+    from transformers import Trainer
+
+    from hf_starcoder_ft import io_utils
+
+    out = tmp_path / "run"
+    argv = base_args(train_model_dir, addition_data, out, dropout=0.1, save_total_limit=1)
+    real_save, real_atomic_write = Trainer._save_optimizer_and_scheduler, io_utils.atomic_write
+
+    def crash_at_step_6(self, output_dir):
+        if self.state.global_step == 6:
+            (out / "checkpoint-6" / "stale-from-the-crash").write_text("x")
+            raise RuntimeError("simulated crash while saving")
+        return real_save(self, output_dir)
+
+    def crash_before_marking_6(path, *args, **kwargs):
+        if Path(path).name == "checkpoint_complete.json" and Path(path).parent.name == "checkpoint-6":
+            (out / "checkpoint-6" / "stale-from-the-crash").write_text("x")
+            raise RuntimeError("simulated crash while saving")
+        return real_atomic_write(path, *args, **kwargs)
+
+    if crash_point == "optimizer":
+        monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash_at_step_6)
+    else:
+        monkeypatch.setattr(io_utils, "atomic_write", crash_before_marking_6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", real_save)
+    monkeypatch.setattr(io_utils, "atomic_write", real_atomic_write)
+    capsys.readouterr()
+    assert main(argv + ["--resume_from_checkpoint", "auto"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping incomplete checkpoint-6" in captured.err and "resuming from" in captured.out
+    assert not (out / "checkpoint-6" / "stale-from-the-crash").exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # rotated once 6 was whole
+    assert step_losses(out) == step_losses(straight_run)
