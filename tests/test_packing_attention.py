@@ -88,6 +88,30 @@ def test_flash_attention_packed_logits_equal_alone(tiny_mqa_model_dir):
             start += len(doc)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_cuda_bf16_packed_logits_equal_alone(tiny_mqa_model_dir, attn_implementation):
+    """The CUDA kernels (sdpa picks memory-efficient or math with a boolean 4-D mask) in bf16, as training runs."""
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            tiny_mqa_model_dir, attn_implementation=attn_implementation, dtype=torch.bfloat16
+        )
+        .cuda()
+        .eval()
+    )
+    docs, batch = packed_batch()
+    inputs = document_attention_inputs(batch["input_ids"].cuda(), batch["position_ids"].cuda(), attn_implementation)
+    with torch.no_grad():
+        packed = model(**inputs).logits.float()
+        for row, row_docs in enumerate(docs):
+            start = 0
+            for doc in row_docs:
+                alone = model(input_ids=torch.tensor([doc]).cuda()).logits[0].float()
+                assert (alone - packed[row, start : start + len(doc)]).abs().max().item() < 5e-2
+                start += len(doc)
+
+
 def test_loss_matches_hand_computation_for_both_normalizations():
     torch.manual_seed(0)
     logits = torch.randn(1, 6, 11)
