@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,6 +137,34 @@ def main() -> None:
                 f"({split['examples']} examples in {split['rows']} rows; too_long dropped {dropped['too_long']}) "
                 "(goal >= 0.97)"
             )
+        # Memory: the CLI in a fresh process (its own peak RSS), against the size of the jsonl it reads and the
+        # interpreter + imports alone.
+        argv = ["prepare", "--train_data", str(data), "--tokenizer", str(tokenizer_path), "--max_length", "2048"]
+        peak = _child_peak_rss(argv + ["--output_dir", str(tmp / "rss"), "--quiet"])
+        floor = _child_peak_rss([])
+        size = data.stat().st_size
+        print(
+            f"prepare peak RSS: {peak / 2**30:.2f} GiB for {size / 2**20:.0f} MiB of jsonl = {peak / size:.1f}x the "
+            f"input ({(peak - floor) / size:.1f}x above the {floor / 2**30:.2f} GiB of Python and imports)"
+        )
+
+
+def _child_peak_rss(argv: list[str]) -> int:
+    """Peak resident set size in bytes of `hf-starcoder-ft ARGV` run in a fresh interpreter; an empty argv measures
+    the interpreter and the imports alone. The child reads its own VmHWM (Linux): getrusage's ru_maxrss would
+    include this large parent's, which a child inherits through fork and exec."""
+    import subprocess
+
+    script = (
+        "import re, sys\n"
+        "import datasets, tokenizers, hf_starcoder_ft.data.prepare\n"
+        "from hf_starcoder_ft.cli import main\n"
+        "code = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
+        "print('PEAK', re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *argv], check=True, capture_output=True, text=True)
+    return int(done.stdout.split("PEAK")[-1].split()[0]) * 1024
 
 
 if __name__ == "__main__":

@@ -48,3 +48,24 @@ def test_gather_rows_builds_rows_and_positions():
     assert table["position_ids"] == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
     unpacked = gather_rows(values, offsets, [[2], [0]], packed=False).to_pydict()
     assert "position_ids" not in unpacked and unpacked["input_ids"] == [[15, 16, 17, 18, 19], [10, 11, 12]]
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 7, 1 << 22])
+def test_gather_rows_in_bounded_chunks_gives_the_same_table(monkeypatch, chunk_tokens):
+    """The index arithmetic runs GATHER_CHUNK_TOKENS tokens at a time (at least one example per chunk, so an
+    example longer than a chunk is still whole); the table must not depend on the chunk size."""
+    from hf_starcoder_ft.data import packing
+
+    rng = np.random.default_rng(0)
+    example_lengths = rng.integers(1, 12, size=40)
+    offsets = np.concatenate([[0], np.cumsum(example_lengths)])
+    values = {"input_ids": rng.integers(0, 50000, size=offsets[-1]), "labels": rng.integers(-100, 50000, offsets[-1])}
+    order = rng.permutation(40).tolist()
+    rows = [order[i : i + 3] for i in range(0, 40, 3)]
+    expected_ids = [[int(v) for i in row for v in values["input_ids"][offsets[i] : offsets[i + 1]]] for row in rows]
+    expected_positions = [[p for i in row for p in range(example_lengths[i])] for row in rows]
+    monkeypatch.setattr(packing, "GATHER_CHUNK_TOKENS", chunk_tokens)
+    table = gather_rows(values, offsets, rows, packed=True)
+    assert table.column("input_ids").to_pylist() == expected_ids
+    assert table.column("position_ids").to_pylist() == expected_positions
+    assert table.column("labels").type.value_type == "int32"

@@ -97,6 +97,9 @@ def _pack_best_fit(lengths: list[int], max_length: int) -> list[list[int]]:
     return rows
 
 
+GATHER_CHUNK_TOKENS = 1 << 22  # index arithmetic of gather_rows runs this many tokens at a time (bounded memory)
+
+
 def gather_rows(
     token_values: dict[str, np.ndarray], offsets: np.ndarray, rows: list[list[int]], packed: bool
 ) -> pa.Table:
@@ -104,25 +107,35 @@ def gather_rows(
 
     `token_values[name]` holds the tokens of all examples end to end and example i spans
     `offsets[i]:offsets[i+1]`. Each row concatenates its examples' tokens; `position_ids` (packed only) restart at
-    0 for each example. Done with numpy index arithmetic, no Python loop over tokens.
+    0 for each example. Done with numpy index arithmetic, no Python loop over tokens, into int32 arrays that
+    Arrow then wraps without a copy; the 64-bit index temporaries cover `GATHER_CHUNK_TOKENS` tokens at a time, so
+    memory is the output plus a fixed amount, however large the split.
     """
     example_order = np.fromiter((i for row in rows for i in row), dtype=np.int64)
     examples_per_row = np.fromiter((len(row) for row in rows), dtype=np.int64)
     starts = offsets[:-1][example_order]
     lengths = (offsets[1:] - offsets[:-1])[example_order]
-    total = int(lengths.sum())
-    first_token = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    within = np.arange(total, dtype=np.int64) - np.repeat(first_token, lengths)
-    gather = np.repeat(starts, lengths) + within
+    ends = np.cumsum(lengths)  # where each example ends in the output
+    total = int(ends[-1]) if len(ends) else 0
+    outputs = {name: np.empty(total, dtype=np.int32) for name in token_values}
+    if packed:
+        outputs["position_ids"] = np.empty(total, dtype=np.int32)
+    first = 0
+    while first < len(example_order):
+        begin = int(ends[first] - lengths[first])
+        last = max(first + 1, int(np.searchsorted(ends, begin + GATHER_CHUNK_TOKENS, side="right")))
+        chunk_lengths = lengths[first:last]
+        size = int(chunk_lengths.sum())
+        within = np.arange(size, dtype=np.int64) - np.repeat(np.cumsum(chunk_lengths) - chunk_lengths, chunk_lengths)
+        gather = np.repeat(starts[first:last], chunk_lengths) + within
+        for name, values in token_values.items():
+            outputs[name][begin : begin + size] = values[gather]
+        if packed:
+            outputs["position_ids"][begin : begin + size] = within
+        first = last
     row_lengths = np.add.reduceat(lengths, np.concatenate([[0], np.cumsum(examples_per_row)[:-1]])) if rows else lengths
     # Arrow's 32-bit list offsets cap a column at 2**31 - 1 tokens; larger splits use 64-bit offsets.
     list_type = pa.LargeListArray if total >= 2**31 else pa.ListArray
     offset_type = np.int64 if total >= 2**31 else np.int32
     row_offsets = pa.array(np.concatenate([[0], np.cumsum(row_lengths)]).astype(offset_type))
-    columns = {
-        name: list_type.from_arrays(row_offsets, pa.array(values[gather], type=pa.int32()))
-        for name, values in token_values.items()
-    }
-    if packed:
-        columns["position_ids"] = list_type.from_arrays(row_offsets, pa.array(within.astype(np.int32)))
-    return pa.table(columns)
+    return pa.table({name: list_type.from_arrays(row_offsets, pa.array(values)) for name, values in outputs.items()})

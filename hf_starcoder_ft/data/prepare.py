@@ -22,6 +22,7 @@ Output columns: `input_ids`, `labels` and, when packed, `position_ids` (int32 li
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from hf_starcoder_ft.data.config import DataConfig
 from hf_starcoder_ft.data.errors import DataError
@@ -150,21 +152,40 @@ def _read_source(path: Path, config: DataConfig, seed: int, progress: bool) -> _
     return _Source(path=path, records=records, report=report)
 
 
-def _tokenize(texts: list[tuple[str, str]], tokenizer, config: DataConfig):
+def _text_table(texts: list[tuple[str, str]]) -> pa.Table:
+    return pa.table(
+        {
+            "inputs": pa.array([t[0] for t in texts], type=pa.large_string()),
+            "targets": pa.array([t[1] for t in texts], type=pa.large_string()),
+        }
+    )
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by Python back to the OS (glibc keeps freed heap pages otherwise); best effort."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _tokenize(table: pa.Table, tokenizer, config: DataConfig):
     import uuid
 
     import datasets
 
-    table = datasets.Dataset.from_dict({"inputs": [t[0] for t in texts], "targets": [t[1] for t in texts]})
-    return table.map(
+    # An explicit fingerprint: without one, `datasets` hashes the whole table (a pickled copy of all the text).
+    # Nothing to reuse from datasets' own cache either: ours is keyed by data_fingerprint.
+    dataset = datasets.Dataset(table, fingerprint=uuid.uuid4().hex)
+    return dataset.map(
         tokenize_batch,
         batched=True,
         batch_size=2048,
-        num_proc=config.num_proc if config.num_proc > 1 and len(texts) > 1000 else None,
+        num_proc=config.num_proc if config.num_proc > 1 and len(table) > 1000 else None,
         remove_columns=["inputs", "targets"],
         fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length, "truncation": config.truncation},
         desc="tokenize",
-        # An in-memory table: nothing to reuse from datasets' own cache (ours is keyed by data_fingerprint).
         new_fingerprint=uuid.uuid4().hex,
     )
 
@@ -270,7 +291,13 @@ def _prepare_data(
     for split, key, start, end in needed:
         first_row[(split, key)] = len(texts)
         texts.extend(sources[key].records[start:end])
-    tokenized = _tokenize(texts, tokenizer, config)
+    text_table = _text_table(texts)
+    del texts
+    for source in sources.values():
+        source.records = []  # the text lives in the Arrow table now: free the Python strings
+    _release_freed_memory()
+    tokenized = _tokenize(text_table, tokenizer, config)
+    del text_table
     flat = tokenized.data.table
     lengths = flat.column("length").to_numpy().astype(np.int64)
     target_counts = flat.column("num_target_tokens").to_numpy().astype(np.int64)
@@ -282,6 +309,8 @@ def _prepare_data(
         name: flat.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         for name in ("input_ids", "labels")
     }
+    del tokenized, flat  # the chunked table: every column needed is a numpy array now
+    _release_freed_memory()
 
     stats: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -345,7 +374,10 @@ def _prepare_data(
             else:
                 rows = [[int(i)] for i in example_ids]
             table = gather_rows(token_values, offsets, rows, packed=config.packing)
-            datasets.Dataset(table).save_to_disk(str(tmp / split))
+            # fingerprint given: else `datasets` would hash (pickle) the whole table just to name it
+            datasets.Dataset(table, fingerprint=f"{fingerprint[:32]}-{split}").save_to_disk(str(tmp / split))
+            del table
+            _release_freed_memory()
             tokens = int(lengths[example_ids].sum())
             targets = int(target_counts[example_ids].sum())
             split_info.update(
