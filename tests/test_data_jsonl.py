@@ -22,6 +22,7 @@ GOOD = {"inputs": "a", "targets": "b"}
         ('{"inputs": null, "targets": "b"}', "not_a_string", "'inputs' must be a string"),
         ('{"inputs": "a", "targets": "b", "outputs": "c"}', "conflicting_targets", "both 'targets' and 'outputs'"),
         (b'{"inputs": "\xff", "targets": "b"}', "invalid_utf8", "invalid UTF-8"),
+        ('{"inputs": "ok \\u00e9 x\\ud800y", "targets": "b"}', "invalid_utf8", r"unpaired surrogate \\ud800 at char"),
     ],
 )
 def test_bad_line_names_file_and_line_or_is_counted(tmp_path, line, reason, message):

@@ -1,6 +1,7 @@
 """Read `{"inputs", "targets"}` jsonl records, validating every line (plain or gzip-compressed files).
 
     records, report = read_records(Path("data.jsonl"), skip_bad_records=False)
+    for inputs, targets in iter_records(Path("data.jsonl"), report): ...   # streaming, same checks
 
 The target field is `targets` (what OctoPack's scripts write); `outputs` (what its README says) is accepted as
 the same field. A record with neither is an error, and so is one with both unless they are equal. Extra keys are
@@ -75,6 +76,15 @@ def parse_record(raw: bytes, where: str) -> tuple[str, str]:
     for key, value in (("inputs", inputs), (present[0], targets)):
         if not isinstance(value, str):
             raise _bad("not_a_string", f"{where}: key {key!r} must be a string, got {type(value).__name__}")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:  # an escaped lone surrogate such as "\ud800": JSON allows it
+                raise _bad(
+                    "invalid_utf8",
+                    f"{where}: key {key!r} holds an unpaired surrogate \\u{ord(value[error.start]):04x} "
+                    f"at character {error.start}, which is not text",
+                ) from None
     return inputs, targets
 
 
@@ -84,12 +94,11 @@ def _bad(reason: str, message: str) -> DataError:
     return error
 
 
-def read_records(path: Path, skip_bad_records: bool = False, progress: bool = True) -> tuple[list, ReadReport]:
-    """All valid `(inputs, targets)` records of one file, in file order, and the report of what was read."""
+def iter_records(path: Path, report: ReadReport, skip_bad_records: bool = False, progress: bool = True):
+    """Yield every valid `(inputs, targets)` record of one file in file order, filling `report` as it goes (its
+    totals are final once the generator is exhausted)."""
     if not path.exists():
         raise DataError(f"{path}: data file not found")
-    report = ReadReport(path=str(path))
-    records: list[tuple[str, str]] = []
     try:
         with _open_binary(path) as handle:
             bar = tqdm(desc=f"read {path.name}", unit=" lines", disable=not progress, leave=False)
@@ -100,19 +109,27 @@ def read_records(path: Path, skip_bad_records: bool = False, progress: bool = Tr
                     report.blank_lines += 1
                     continue
                 try:
-                    records.append(parse_record(raw.rstrip(b"\r\n"), f"{path}:{number}"))
+                    record = parse_record(raw.rstrip(b"\r\n"), f"{path}:{number}")
                 except DataError as error:
                     if not skip_bad_records:
                         raise DataError(f"{error} (use --skip_bad_records to skip and count such lines)") from None
                     reason = error.reason  # type: ignore[attr-defined]
                     report.bad[reason] += 1
                     report.first_bad.setdefault(reason, str(error))
+                    continue
+                report.records += 1
+                yield record
             bar.close()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"{path}: cannot read ({error})") from error
-    report.records = len(records)
     if report.lines == 0:
         raise DataError(f"{path}: file is empty")
-    if not records and not skip_bad_records:
+    if not report.records and not skip_bad_records:
         raise DataError(f"{path}: no records (only blank lines)")
+
+
+def read_records(path: Path, skip_bad_records: bool = False, progress: bool = True) -> tuple[list, ReadReport]:
+    """All valid `(inputs, targets)` records of one file, in file order, and the report of what was read."""
+    report = ReadReport(path=str(path))
+    records = list(iter_records(path, report, skip_bad_records, progress))
     return records, report

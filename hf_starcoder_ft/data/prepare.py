@@ -7,7 +7,7 @@ Training runs the very same steps (`load_datasets`) when given `train_data` inst
 caches the result, so preparing ahead of time is optional.
 
 The steps, per source file then per split:
-1. read and validate every line (`jsonl.read_records`); bad lines stop the run, or are skipped and counted;
+1. read and validate every line (`jsonl.iter_records`); bad lines stop the run, or are skipped and counted;
 2. drop exact duplicate (inputs, targets) records and shuffle the rest with a generator seeded by
    (seed, source path): `sort -u | shuf` of the original preprocessing, reproducibly;
 3. take the split's range `[round(start*N), round(end*N))` of that order (ranges of one source never overlap);
@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from hf_starcoder_ft.data.config import DataConfig
 from hf_starcoder_ft.data.errors import DataError
-from hf_starcoder_ft.data.jsonl import read_records
+from hf_starcoder_ft.data.jsonl import ReadReport, iter_records
 from hf_starcoder_ft.data.mixture import SourceSpec, check_disjoint, mix_by_weight, parse_data_spec
 from hf_starcoder_ft.data.packing import gather_rows, pack_examples
 from hf_starcoder_ft.data.tokenize import DROP_REASONS, tokenize_batch
@@ -65,7 +65,7 @@ class _Source:
     """One source file read once, deduplicated and shuffled; shared by every split that uses it."""
 
     path: Path
-    records: list[tuple[str, str]]
+    table: pa.Table | None  # inputs, targets (large_string); dropped once tokenized
     report: dict[str, Any]
     used_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -137,28 +137,48 @@ def _source_seed(seed: int, path: Path) -> list[int]:
 # ------------------------------------------------------------------------------------------------------ reading
 
 
+READ_CHUNK_RECORDS = 8192  # records moved from Python strings into Arrow at a time while reading
+
+
 def _read_source(path: Path, config: DataConfig, seed: int, progress: bool) -> _Source:
-    records, read_report = read_records(path, skip_bad_records=config.skip_bad_records, progress=progress)
+    """Read one source into an Arrow table of `inputs`/`targets` (a chunk of Python strings at a time, so the
+    text is held once, in Arrow), deduplicated (first occurrence kept, by a 128-bit digest of the exact pair)
+    and shuffled with the source's own seed."""
+    read_report = ReadReport(path=str(path))
+    chunks: dict[str, list[pa.Array]] = {"inputs": [], "targets": []}
+    pending: tuple[list[str], list[str]] = ([], [])
+    seen: set[bytes] = set()
     duplicates = 0
-    if config.deduplicate:
-        unique = list(dict.fromkeys(records))
-        duplicates = len(records) - len(unique)
-        records = unique
-    order = np.random.default_rng(_source_seed(seed, path)).permutation(len(records))
-    records = [records[i] for i in order]
+
+    def flush() -> None:
+        for name, values in zip(("inputs", "targets"), pending, strict=True):
+            chunks[name].append(pa.array(values, type=pa.large_string()))
+            values.clear()
+
+    for inputs, targets in iter_records(path, read_report, config.skip_bad_records, progress):
+        if config.deduplicate:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(len(inputs).to_bytes(8, "little"))
+            digest.update(inputs.encode())
+            digest.update(targets.encode())
+            key = digest.digest()
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+        pending[0].append(inputs)
+        pending[1].append(targets)
+        if len(pending[0]) >= READ_CHUNK_RECORDS:
+            flush()
+    flush()
+    del seen
+    table = pa.table({name: pa.chunked_array(arrays, type=pa.large_string()) for name, arrays in chunks.items()})
+    order = np.random.default_rng(_source_seed(seed, path)).permutation(table.num_rows)
+    table = table.take(order)
     report = read_report.as_dict()
     report["duplicates"] = duplicates
-    report["unique"] = len(records)
-    return _Source(path=path, records=records, report=report)
-
-
-def _text_table(texts: list[tuple[str, str]]) -> pa.Table:
-    return pa.table(
-        {
-            "inputs": pa.array([t[0] for t in texts], type=pa.large_string()),
-            "targets": pa.array([t[1] for t in texts], type=pa.large_string()),
-        }
-    )
+    report["unique"] = table.num_rows
+    return _Source(path=path, table=table, report=report)
 
 
 def _release_freed_memory() -> None:
@@ -283,18 +303,19 @@ def _prepare_data(
     for split, split_sources in splits.items():
         for spec in split_sources:
             source = sources[resolved[spec]]
-            start, end = spec.record_range(len(source.records))
+            start, end = spec.record_range(source.table.num_rows)
             source.used_ranges[split] = (start, end)
             needed.append((split, resolved[spec], start, end))
     # first_row[(split, source)]: where that range's records begin in the tokenized table
-    first_row, texts = {}, []
+    first_row, pieces, rows_so_far = {}, [], 0
     for split, key, start, end in needed:
-        first_row[(split, key)] = len(texts)
-        texts.extend(sources[key].records[start:end])
-    text_table = _text_table(texts)
-    del texts
+        first_row[(split, key)] = rows_so_far
+        pieces.append(sources[key].table.slice(start, end - start))
+        rows_so_far += end - start
+    text_table = pa.concat_tables(pieces)  # slices of the source tables: no text is copied
+    del pieces
     for source in sources.values():
-        source.records = []  # the text lives in the Arrow table now: free the Python strings
+        source.table = None  # the slices keep what is used alive; the rest can go
     _release_freed_memory()
     tokenized = _tokenize(text_table, tokenizer, config)
     del text_table
