@@ -165,7 +165,7 @@ def test_generate_sampling_is_seeded_and_options_are_checked(tiny_mqa_model_dir,
 
 def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
     """HFCheckpoint reads .safetensors with plain reads (no mapping held open): every dtype and shape comes back
-    bitwise as the safetensors library wrote it, and a truncated or malformed file is named with the key."""
+    bitwise as the safetensors library wrote it (float8 and uint32 too), and a truncated or malformed file is named with the key."""
     from safetensors.torch import load_file, save_file
 
     from hf_starcoder_ft.convert.hf_format import HFCheckpoint, HFCheckpointError, SafetensorsFile
@@ -179,6 +179,8 @@ def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
         "bool": torch.tensor([True, False, True]),
         "empty": torch.zeros(0, 4),
         "scalar": torch.tensor(2.5),
+        "f8": torch.randn(4, 2, generator=generator).to(torch.float8_e4m3fn),
+        "u32": torch.tensor([0, 7, 2**31 + 5], dtype=torch.int64).to(torch.uint32),
     }
     path = tmp_path / "model.safetensors"
     save_file(state, str(path), metadata={"format": "pt"})
@@ -187,7 +189,8 @@ def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
     assert sorted(checkpoint.keys()) == sorted(state)
     for key, tensor in expected.items():
         read = checkpoint.get(key)
-        assert read.dtype == tensor.dtype and read.shape == tensor.shape and torch.equal(read, tensor), key
+        assert read.dtype == tensor.dtype and read.shape == tensor.shape, key
+        assert torch.equal(read.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), key
         assert checkpoint.shape(key) == tuple(tensor.shape)
 
     data = path.read_bytes()

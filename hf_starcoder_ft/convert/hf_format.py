@@ -13,8 +13,9 @@ row-split weight), written back to back without being joined; a piece that alrea
 (`FileSlice`) is copied file to file with `copy_file_range`, falling back to read + write where the kernel or
 filesystem refuses. The shards of a column-split weight (`ColumnSlices`) interleave row by row in the output:
 they are gathered a block of rows at a time into one small reused buffer, each shard's row segments landing in
-place through a single `preadv`, and the block is written with one `write`; a few hundred system calls per
-tensor instead of one per row segment (about 4x faster, `benchmarks/bench_convert.py`).
+place through a single `preadv`, and the block is written with one `write`: a few hundred system calls per
+tensor instead of one per row segment (3-5x faster for that part in a side-by-side micro-benchmark; the whole TP2
+conversion 1.5-2x, `benchmarks/bench_convert.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ SAFETENSORS_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+for _name, _code in (
+    ("uint16", "U16"),
+    ("uint32", "U32"),
+    ("uint64", "U64"),
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e5m2", "F8_E5M2"),
+):
+    if hasattr(torch, _name):  # newer torch only
+        SAFETENSORS_DTYPES[getattr(torch, _name)] = _code
 DTYPE_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -83,9 +93,12 @@ _MAX_HEADER_BYTES = 100 << 20
 
 
 class SafetensorsFile:
-    """One .safetensors file read tensor by tensor with plain reads into fresh tensors: no mapping of the file
-    stays open, so reading a whole model one tensor at a time keeps memory at one tensor (a memory-mapped
-    reader's touched pages count against the process until the file is closed)."""
+    """One .safetensors file, its header checked against the file size up front (errors name the file and key).
+
+    `read` copies one tensor into a fresh tensor with plain reads: no mapping is kept, so reading a whole model
+    one tensor at a time holds one tensor (a memory-mapped reader's touched pages count against the process until
+    the file is closed). `mapped` instead views the file through a private mapping, for writers that stream the
+    bytes on (hf-to-megatron), with `release_pages` to hand the pages back."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
