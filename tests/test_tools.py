@@ -165,7 +165,8 @@ def test_generate_sampling_is_seeded_and_options_are_checked(tiny_mqa_model_dir,
 
 def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
     """HFCheckpoint reads .safetensors with plain reads (no mapping held open): every dtype and shape comes back
-    bitwise as the safetensors library wrote it (float8 and uint32 too), and a truncated or malformed file is named with the key."""
+    bitwise as the safetensors library wrote it (float8 and uint32 too), and a truncated or malformed file is
+    named with the key."""
     from safetensors.torch import load_file, save_file
 
     from hf_starcoder_ft.convert.hf_format import HFCheckpoint, HFCheckpointError, SafetensorsFile
