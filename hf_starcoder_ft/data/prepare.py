@@ -190,24 +190,43 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _tokenize(table: pa.Table, tokenizer, config: DataConfig):
-    import uuid
+TOKENIZE_BATCH = 2048
 
-    import datasets
 
-    # An explicit fingerprint: without one, `datasets` hashes the whole table (a pickled copy of all the text).
-    # Nothing to reuse from datasets' own cache either: ours is keyed by data_fingerprint.
-    dataset = datasets.Dataset(table, fingerprint=uuid.uuid4().hex)
-    return dataset.map(
-        tokenize_batch,
-        batched=True,
-        batch_size=2048,
-        num_proc=config.num_proc if config.num_proc > 1 and len(table) > 1000 else None,
-        remove_columns=["inputs", "targets"],
-        fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length, "truncation": config.truncation},
-        desc="tokenize",
-        new_fingerprint=uuid.uuid4().hex,
-    )
+def _tokenize(table: pa.Table, tokenizer, config: DataConfig, progress: bool = True) -> pa.Table:
+    """`tokenize_batch` over every row of `table`, in order; one process walks the table a batch at a time (the
+    text and the tokens are each held once), several go through `datasets.map`."""
+    fn_kwargs = {"tokenizer": tokenizer, "max_length": config.max_length, "truncation": config.truncation}
+    if config.num_proc > 1 and table.num_rows > 1000:
+        import uuid
+
+        import datasets
+
+        # An explicit fingerprint: without one, `datasets` hashes the whole table (a pickled copy of all the text).
+        # Nothing to reuse from datasets' own cache either: ours is keyed by data_fingerprint.
+        dataset = datasets.Dataset(table, fingerprint=uuid.uuid4().hex)
+        mapped = dataset.map(
+            tokenize_batch,
+            batched=True,
+            batch_size=TOKENIZE_BATCH,
+            num_proc=config.num_proc,
+            remove_columns=["inputs", "targets"],
+            fn_kwargs=fn_kwargs,
+            desc="tokenize",
+            new_fingerprint=uuid.uuid4().hex,
+        )
+        return mapped.data.table
+    from tqdm.auto import tqdm
+
+    pieces = []
+    with tqdm(total=table.num_rows, desc="tokenize", unit=" examples", disable=not progress) as bar:
+        for start in range(0, table.num_rows, TOKENIZE_BATCH):
+            batch = table.slice(start, TOKENIZE_BATCH).to_pydict()
+            pieces.append(tokenize_batch(batch, **fn_kwargs))
+            bar.update(len(batch["inputs"]))
+    if not pieces:
+        return tokenize_batch({"inputs": [], "targets": []}, **fn_kwargs)
+    return pa.concat_tables(pieces)
 
 
 # ------------------------------------------------------------------------------------------------------- stats
@@ -317,9 +336,8 @@ def _prepare_data(
     for source in sources.values():
         source.table = None  # the slices keep what is used alive; the rest can go
     _release_freed_memory()
-    tokenized = _tokenize(text_table, tokenizer, config)
+    flat = _tokenize(text_table, tokenizer, config, progress)
     del text_table
-    flat = tokenized.data.table
     lengths = flat.column("length").to_numpy().astype(np.int64)
     target_counts = flat.column("num_target_tokens").to_numpy().astype(np.int64)
     reasons = np.asarray(flat.column("drop_reason").to_pylist(), dtype=object)
@@ -330,7 +348,7 @@ def _prepare_data(
         name: flat.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         for name in ("input_ids", "labels")
     }
-    del tokenized, flat  # the chunked table: every column needed is a numpy array now
+    del flat  # the chunked table: every column needed is a numpy array now
     _release_freed_memory()
 
     stats: dict[str, Any] = {
