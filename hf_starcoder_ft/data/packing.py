@@ -107,9 +107,15 @@ def gather_rows(
 
     `token_values[name]` holds the tokens of all examples end to end and example i spans
     `offsets[i]:offsets[i+1]`. Each row concatenates its examples' tokens; `position_ids` (packed only) restart at
-    0 for each example. Done with numpy index arithmetic, no Python loop over tokens, into int32 arrays that
-    Arrow then wraps without a copy; the 64-bit index temporaries cover `GATHER_CHUNK_TOKENS` tokens at a time, so
-    memory is the output plus a fixed amount, however large the split.
+    0 for each example:
+
+        input_ids [10 11 12 | 13 14 | 15 16 17 18 19], offsets [0, 3, 5, 10], rows [[1, 0], [2]]
+        -> input_ids    [[13, 14, 10, 11, 12], [15, 16, 17, 18, 19]]
+           position_ids [[ 0,  1,  0,  1,  2], [ 0,  1,  2,  3,  4]]
+
+    Done with numpy index arithmetic, no Python loop over tokens, into int32 arrays that Arrow then wraps without
+    a copy; the 64-bit index temporaries cover `GATHER_CHUNK_TOKENS` tokens at a time, so memory is the output plus
+    a fixed amount, however large the split.
     """
     example_order = np.fromiter((i for row in rows for i in row), dtype=np.int64)
     examples_per_row = np.fromiter((len(row) for row in rows), dtype=np.int64)
