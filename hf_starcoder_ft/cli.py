@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "diff": ("hf_starcoder_ft.tools.diff:main", "Compare two checkpoints key by key."),
     "generate": ("hf_starcoder_ft.tools.generate:main", "Generate a completion from a model (smoke test)."),
+    "push": ("hf_starcoder_ft.tools.push:main", "Upload a model or adapter folder to the Hugging Face Hub."),
     "init-tiny": (
         "hf_starcoder_ft.tools.tiny:main",
         "Tiny random model + tokenizer from a jsonl (smoke tests).",

@@ -42,15 +42,15 @@ HYPERPARAMETER_KEYS = (
 )
 
 
-def files_to_upload(folder: str | Path) -> list[tuple[str, int]]:
-    """(relative path, size in bytes) of every file the push would send, sorted."""
+def files_to_upload(folder: str | Path, exclude: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """(relative path, size in bytes) of every file the push would send, sorted; `exclude` adds name patterns."""
     folder = Path(folder)
     found = []
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
             continue
         relative = path.relative_to(folder).as_posix()
-        if any(fnmatch.fnmatch(relative, pattern) for pattern in IGNORE_PATTERNS):
+        if any(fnmatch.fnmatch(relative, pattern) for pattern in (*IGNORE_PATTERNS, *exclude)):
             continue
         if relative.split("/")[0].startswith("checkpoint-"):
             continue
@@ -135,12 +135,20 @@ def hyperparameters_of(training_args, lora_args=None, model_args=None) -> dict[s
     return values
 
 
-def describe_upload(folder: str | Path, repo_id: str, endpoint: str | None = None) -> str:
-    files = files_to_upload(folder)
+def describe_upload(
+    folder: str | Path,
+    repo_id: str,
+    endpoint: str | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> str:
+    extra_files = extra_files or {}
+    files = [(path, size) for path, size in files_to_upload(folder, exclude) if path not in extra_files]
+    files += [(name, len(data)) for name, data in extra_files.items()]
     total = sum(size for _, size in files)
     target = f"{endpoint or os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo_id}"
     lines = [f"would upload {len(files)} files ({total / 1e6:.2f} MB) from {folder} to {target}:"]
-    lines += [f"  {path}  ({size} bytes)" for path, size in files]
+    lines += [f"  {path}  ({size} bytes{', generated' if path in extra_files else ''})" for path, size in sorted(files)]
     return "\n".join(lines)
 
 
@@ -150,22 +158,26 @@ def push_folder(
     token: str | None,
     private: bool | None = None,
     commit_message: str = "Upload fine-tuned model (hf_starcoder_ft)",
+    extra_files: dict[str, bytes] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> str:
-    """Create the repo if needed and upload the folder (minus IGNORE_PATTERNS). Returns the repo URL.
-
-    Errors are re-raised with the token removed from their text.
+    """Create the repo if needed and upload, in one commit, the files `files_to_upload` lists plus `extra_files`
+    (name -> bytes, e.g. a generated model card; they replace a folder file of the same name). Returns the repo
+    URL. Errors are re-raised with the token removed from their text.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
+    extra_files = extra_files or {}
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(Path(folder) / path))
+        for path, _ in files_to_upload(folder, exclude)
+        if path not in extra_files
+    ]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in extra_files.items()]
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            commit_message=commit_message,
-            ignore_patterns=list(IGNORE_PATTERNS),
-        )
+        api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
     except Exception as error:
         message = str(error)
         if token:

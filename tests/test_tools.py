@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from _convert_fixtures import load_safetensors_dir, rewrite_rank_file, write_reference_checkpoint
+from _train_fixtures import fake_hub_fixture  # noqa: F401  (provides `fake_hub`)
 from safetensors.torch import save_file
 
 from hf_starcoder_ft import cli
@@ -207,3 +208,77 @@ def test_safetensors_reader_matches_safetensors_and_names_bad_files(tmp_path):
     bad_entry = r"dtype.safetensors: \w+: unsupported or malformed header entry \{'dtype': 'X99'"
     with pytest.raises(HFCheckpointError, match=bad_entry):
         SafetensorsFile(tmp_path / "dtype.safetensors")
+
+
+PUSH_TOKEN = "hf_PUSHtokenNEVERshown9876543210"
+
+
+def test_push_uploads_a_converted_model_with_a_generated_card(fake_hub, tiny_mqa_model_dir, tmp_path, capfd):
+    """A converted model folder (sharded safetensors, no README) goes up in one commit with a generated card;
+    run state, hidden files and checkpoints stay behind; the token is sent but never shown."""
+    from hf_starcoder_ft.convert.hf_to_megatron import convert_hf_to_megatron
+    from hf_starcoder_ft.convert.megatron_to_hf import convert_megatron_to_hf
+
+    convert_hf_to_megatron(tiny_mqa_model_dir, tmp_path / "m", tp=2, pp=1, progress=False, log=lambda _: None)
+    folder = tmp_path / "hf"
+    convert_megatron_to_hf(
+        tmp_path / "m", folder, tokenizer=tiny_mqa_model_dir, max_shard_size="40KB", progress=False, log=lambda _: None
+    )
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x").write_text("x")
+    (folder / "checkpoint-5").mkdir()
+    (folder / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
+    assert cli.main(["push", str(folder), "--repo_id", "someone/converted", "--token", PUSH_TOKEN]) == 0
+    captured = capfd.readouterr()
+    assert "pushed" in captured.out and PUSH_TOKEN not in captured.out + captured.err
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    expected = {"config.json", "generation_config.json", "model.safetensors.index.json", "README.md", *shards}
+    assert expected <= set(fake_hub.files) and "tokenizer.json" in fake_hub.files
+    assert not {"training_args.bin", ".cache/x", "checkpoint-5/optimizer.pt"} & set(fake_hub.files)
+    for name in shards:
+        assert fake_hub.files[name] == (folder / name).read_bytes()
+    card = fake_hub.files["README.md"].decode()
+    assert "library_name: transformers" in card and "2 layers, hidden size 32" in card and "multi-query" in card
+    assert not (folder / "README.md").exists()  # generated for the upload, the folder is left as it was
+    assert all(header == f"Bearer {PUSH_TOKEN}" for header in fake_hub.authorizations)
+    commits = [path for method, path in fake_hub.requests if "/commit/" in path]
+    assert len(commits) == 1
+
+
+def test_push_checks_the_folder_first_and_dry_run_uploads_nothing(fake_hub, tiny_mqa_model_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_mqa_model_dir, folder)
+    assert cli.main(["push", str(folder), "--repo_id", "someone/dry", "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "would upload" in printed and "model.safetensors" in printed and "README.md" in printed
+    assert "generated" in printed and fake_hub.requests == []
+
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    assert cli.main(["push", str(folder), "--repo_id", "someone/x", "--dry_run"]) == 2
+    assert "pytorch_model.bin are pickles" in capsys.readouterr().err
+    assert cli.main(["push", str(folder), "--repo_id", "someone/x", "--dry_run", "--allow_pickle"]) == 0
+    (folder / "pytorch_model.bin").unlink()
+    (folder / "model.safetensors").unlink()
+    assert cli.main(["push", str(folder), "--repo_id", "someone/x", "--dry_run"]) == 2
+    assert "config.json but no model.safetensors" in capsys.readouterr().err
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
+    assert cli.main(["push", str(folder), "--repo_id", "someone/x", "--dry_run"]) == 2
+    assert "names model-1.safetensors, missing from the folder" in capsys.readouterr().err
+    assert cli.main(["push", str(tmp_path / "nope"), "--repo_id", "someone/x"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["push", str(folder), "--repo_id", "no-owner"])
+    assert fake_hub.requests == []
+
+
+def test_push_failure_exits_1_and_hides_the_token(fake_hub, tiny_mqa_model_dir, monkeypatch, capfd):
+    from _train_fixtures import free_port
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("HF_TOKEN", PUSH_TOKEN)
+    assert cli.main(["push", str(tiny_mqa_model_dir), "--repo_id", "someone/unreachable"]) == 1
+    captured = capfd.readouterr()
+    assert "push to someone/unreachable failed" in captured.err and PUSH_TOKEN not in captured.out + captured.err
