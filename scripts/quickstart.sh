@@ -44,11 +44,12 @@ hf-starcoder-ft convert megatron-to-hf --megatron "$OUT/megatron" --out "$OUT/fr
     --tokenizer "$OUT/tiny-model" --dtype fp32 --verify
 hf-starcoder-ft diff "$OUT/run" "$OUT/from-megatron"
 
-step "8/8 generate"
+step "8/8 generate, and what a Hub push would send (dry run: nothing leaves this machine)"
 hf-starcoder-ft generate "$OUT/from-megatron" --max_new_tokens 24 \
     --prompt "<commit_before>def add(a, b):
     return a + b
 <commit_msg>Handle None arguments<commit_after>"
+hf-starcoder-ft push "$OUT/from-megatron" --repo_id you/tiny-octopack --dry_run
 
 step "done"
 python - "$OUT/run/run_summary.json" <<'PY'

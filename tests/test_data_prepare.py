@@ -189,6 +189,25 @@ def test_num_proc_gives_identical_output(tmp_path, tokenizer):
     assert one.splits["train"].to_dict() == two.splits["train"].to_dict()
 
 
+def test_the_same_file_anywhere_gives_the_same_split_and_another_seed_does_not(tmp_path, tokenizer):
+    """The shuffle that decides which records fall in `0:0.9` vs `0.9:1` is seeded by the run's seed and the file's
+    content, not its path: moving or copying the data keeps the train/valid split."""
+    records = commit_like_records(60)
+    outputs = {}
+    for name, seed in (("here", 0), ("elsewhere/deeper", 0), ("other_seed", 1)):
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        write_jsonl(folder / "data.jsonl", records)
+        (folder / "train.txt").write_text('"train: 1.0 0:0.9 data.jsonl"\n')
+        (folder / "valid.txt").write_text('"valid: 1.0 0.9:1.0 data.jsonl"\n')
+        config = DataConfig(train_data=str(folder / "train.txt"), valid_data=str(folder / "valid.txt"), max_length=256)
+        prepared = prepare_data(config, tokenizer, seed, tmp_path / f"out_{seed}_{len(outputs)}", progress=False)
+        outputs[name] = {split: sorted(record_names(prepared.splits[split], tokenizer)) for split in ("train", "valid")}
+    assert outputs["here"] == outputs["elsewhere/deeper"]
+    assert outputs["here"]["valid"] != outputs["other_seed"]["valid"]
+    assert len(outputs["here"]["valid"]) == 6 and not set(outputs["here"]["valid"]) & set(outputs["here"]["train"])
+
+
 def test_cli_summary_config_file_and_errors(tmp_path, tokenizer_json, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", commit_like_records(12))
     args = ["--train_data", str(path), "--tokenizer", str(tokenizer_json), "--max_length", "256", "--quiet"]

@@ -102,16 +102,27 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(config: DataConfig, splits: dict[str, list[SourceSpec]], tokenizer, seed: int) -> str:
-    """A key that changes with the data files' bytes, the tokenizer, or any option that changes the output."""
-    digests: dict[Path, str] = {}
+def _digest_of(path: Path, digests: dict[Path, str]) -> str:
+    key = path.resolve()
+    if key not in digests:
+        digests[key] = file_digest(path) if path.exists() else "missing"
+    return digests[key]
+
+
+def data_fingerprint(
+    config: DataConfig, splits: dict[str, list[SourceSpec]], tokenizer, seed: int, digests: dict | None = None
+) -> str:
+    """A key that changes with the data files' bytes, the tokenizer, or any option that changes the output.
+    `digests` (resolved path -> content digest) is filled in for the caller, which seeds each shuffle with it."""
+    digests = {} if digests is None else digests
     payload = {
         "format_version": FORMAT_VERSION,
+        "shuffle": "content-seeded",  # since 2026-11-29; before, the seed came from the file's absolute path
         "splits": {
             split: [
                 [
                     str(s.path.resolve()),
-                    digests.setdefault(s.path.resolve(), file_digest(s.path)) if s.path.exists() else "missing",
+                    _digest_of(s.path, digests),
                     s.weight,
                     s.start,
                     s.end,
@@ -130,8 +141,10 @@ def data_fingerprint(config: DataConfig, splits: dict[str, list[SourceSpec]], to
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _source_seed(seed: int, path: Path) -> list[int]:
-    return [seed, int(hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8], 16)]
+def _source_seed(seed: int, content_digest: str) -> list[int]:
+    """The shuffle seed of one source: the run's seed and the file's content, not its location, so the same file
+    gives the same order (and the same train/valid split) wherever it is stored."""
+    return [seed, int(content_digest[:16], 16)]
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -140,7 +153,7 @@ def _source_seed(seed: int, path: Path) -> list[int]:
 READ_CHUNK_RECORDS = 8192  # records moved from Python strings into Arrow at a time while reading
 
 
-def _read_source(path: Path, config: DataConfig, seed: int, progress: bool) -> _Source:
+def _read_source(path: Path, config: DataConfig, seed: int, progress: bool, content_digest: str) -> _Source:
     """Read one source into an Arrow table of `inputs`/`targets` (a chunk of Python strings at a time, so the
     text is held once, in Arrow), deduplicated (first occurrence kept, by a 128-bit digest of the exact pair)
     and shuffled with the source's own seed."""
@@ -173,7 +186,7 @@ def _read_source(path: Path, config: DataConfig, seed: int, progress: bool) -> _
     flush()
     del seen
     table = pa.table({name: pa.chunked_array(arrays, type=pa.large_string()) for name, arrays in chunks.items()})
-    order = np.random.default_rng(_source_seed(seed, path)).permutation(table.num_rows)
+    order = np.random.default_rng(_source_seed(seed, content_digest)).permutation(table.num_rows)
     table = table.take(order)
     report = read_report.as_dict()
     report["duplicates"] = duplicates
@@ -304,7 +317,8 @@ def _prepare_data(
     import datasets
 
     splits = resolve_splits(config)
-    fingerprint = data_fingerprint(config, splits, tokenizer, seed)
+    digests: dict[Path, str] = {}
+    fingerprint = data_fingerprint(config, splits, tokenizer, seed, digests)
     existing = _read_stats(output_dir)
     if existing is not None and existing.get("fingerprint") == fingerprint:
         return load_prepared(output_dir, reused=True)
@@ -315,7 +329,7 @@ def _prepare_data(
     sources: dict[Path, _Source] = {}
     for spec, key in resolved.items():
         if key not in sources:
-            sources[key] = _read_source(spec.path, config, seed, progress)
+            sources[key] = _read_source(spec.path, config, seed, progress, _digest_of(spec.path, digests))
 
     # Tokenize each needed record once, even when two splits (or groups) read different ranges of one source.
     needed: list[tuple[Path, int]] = []
