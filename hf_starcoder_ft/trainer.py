@@ -197,7 +197,7 @@ class StarCoderTrainer(Trainer):
         writes `checkpoint_complete.json` atomically; only then are old checkpoints rotated out, so a crash at
         any point leaves the previous complete checkpoint in place. `--resume_from_checkpoint auto` takes the
         newest complete one."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         from hf_starcoder_ft.io_utils import atomic_write
 
@@ -221,13 +221,21 @@ class StarCoderTrainer(Trainer):
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size, "files": files}
             with atomic_write(folder / CHECKPOINT_COMPLETE) as tmp:
                 tmp.write_text(json.dumps(marker, indent=1) + "\n")
-            rotate_checkpoints(
-                output_dir=str(folder.parent),
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            self._rotate_after_marking(folder.parent, limit)
         self.accelerator.wait_for_everyone()
+
+    def _rotate_after_marking(self, run_dir: Path, limit: int | None) -> None:
+        try:  # a function since transformers 5.2; a Trainer method before
+            from transformers.trainer_utils import rotate_checkpoints
+        except ImportError:  # the method reads args.save_total_limit, restored by now
+            self._rotate_checkpoints(use_mtime=True, output_dir=str(run_dir))
+            return
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the micro-batches of one optimizer step and count the global batch's loss units.
