@@ -289,3 +289,26 @@ def test_crash_during_a_save_resumes_from_the_previous_checkpoint_exactly(
     assert not (out / "checkpoint-6" / "stale-from-the-crash").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # rotated once 6 was whole
     assert step_losses(out) == step_losses(straight_run)
+
+
+def test_rotation_after_marking_on_transformers_without_the_rotate_function(
+    train_model_dir, addition_data, tmp_path, monkeypatch
+):
+    """Before transformers 5.2, rotation was the Trainer method `_rotate_checkpoints`: the fallback must call it
+    after the marker is written, with save_total_limit restored."""
+    import transformers.trainer_utils
+
+    from hf_starcoder_ft.trainer import CHECKPOINT_COMPLETE
+
+    monkeypatch.delattr(transformers.trainer_utils, "rotate_checkpoints")
+    calls = []
+
+    def old_rotate(self, use_mtime=False, output_dir=None):
+        marked = sorted(p.parent.name for p in Path(output_dir).glob(f"checkpoint-*/{CHECKPOINT_COMPLETE}"))
+        calls.append((use_mtime, Path(output_dir), self.args.save_total_limit, marked))
+
+    monkeypatch.setattr(StarCoderTrainer, "_rotate_checkpoints", old_rotate, raising=False)
+    out = tmp_path / "run"
+    argv = base_args(train_model_dir, addition_data, out, max_steps=4, save_steps=2, eval_strategy="no")
+    assert main(argv + ["--save_total_limit", "1"]) == 0
+    assert calls == [(True, out, 1, ["checkpoint-2"]), (True, out, 1, ["checkpoint-2", "checkpoint-4"])]
