@@ -278,6 +278,14 @@ class MegatronAsHF:
         pp_rank, _ = self._rules[key]
         return self.checkpoint.rank_path(0, pp_rank).parent
 
+    def release(self, key: str) -> None:
+        """Drop the mapped pages behind `key`'s shards (they are read again if the tensor is touched)."""
+        pp_rank, rule = self._rules[key]
+        if self._stage is not None and self._stage[0] == pp_rank:
+            for rank, flat in zip(self._stage[1], self._stage[2], strict=True):
+                for part in rule.parts:
+                    rank.release(flat[part.megatron])
+
 
 def plan_hf_tensors(spec: ModelSpec, vocab_rows: int, dtype: torch.dtype) -> list[PlannedTensor]:
     return [PlannedTensor(rule.hf, hf_shape(spec, rule.hf, vocab_rows), dtype) for rule in all_rules(spec)]
