@@ -194,12 +194,15 @@ def _local_rank(pid: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
-def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_resumable_checkpoint(
-    train_model_dir, addition_data, tmp_path
+@pytest.mark.parametrize("target", ["rank 1", "launcher"])
+def test_sigterm_stops_both_ranks_at_the_same_step_with_a_resumable_checkpoint(
+    train_model_dir, addition_data, tmp_path, target
 ):
     """Under ZeRO-3 a checkpoint is a collective: if one rank saved at step N and the other at N+1 the run would
-    hang. SIGTERM goes to rank 1 only; both ranks must agree (all-reduce) to save at the same step and stop, the
-    launcher must exit 0, and the checkpoint must resume."""
+    hang. SIGTERM to rank 1 only: both ranks must agree (all-reduce) to save at the same step and stop, and the
+    launcher exits 0. SIGTERM to the launcher (what a scheduler sends): torchrun forwards it to every worker,
+    which checkpoint and stop; the launcher itself then exits 1 (torchrun's SignalException). Either way the
+    checkpoint is complete and resumes."""
     out = tmp_path / "run"
     argv = base_args(train_model_dir, addition_data, out, max_steps=200, save_steps=1000, eval_steps=1000)
     command, env = launch_command(argv)
@@ -222,16 +225,18 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_resumable_checkp
                 if rank is not None:
                     workers[rank] = pid
         assert set(workers) == {0, 1}, workers
-        os.kill(workers[1], signal.SIGTERM)
-        assert process.wait(timeout=180) == 0, "".join(lines)[-4000:]
+        os.kill(workers[1] if target == "rank 1" else process.pid, signal.SIGTERM)
+        assert process.wait(timeout=180) == (0 if target == "rank 1" else 1), "".join(lines)[-4000:]
     finally:
         if process.poll() is None:
             process.kill()
         reader.join(timeout=10)
     output = "".join(lines)
-    assert "SIGTERM received: saving a checkpoint" in output
+    received = output.count("SIGTERM received: saving a checkpoint")
+    assert received == (1 if target == "rank 1" else 2), output[-4000:]
     stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
-    assert len(stopped) == 1 and stopped[0].startswith("stopped by SIGTERM (sent to another process) at step"), stopped
+    expected = "stopped by SIGTERM (sent to another process) at step" if target == "rank 1" else "stopped by SIGTERM at"
+    assert len(stopped) == 1 and stopped[0].startswith(expected), stopped
     step = int(stopped[0].split(" at step ")[1].split(";")[0])
     assert 3 <= step < 200
     checkpoints = sorted(path.name for path in out.glob("checkpoint-*"))
