@@ -25,7 +25,6 @@ from typing import Any
 from hf_starcoder_ft.config import ConfigError, parse_train_args
 
 FINAL_TMP_NAME = ".final-model.tmp"
-CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"  # written by StarCoderTrainer._save_checkpoint
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -38,7 +37,7 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     folder holding only incomplete ones is an error rather than a silent fresh start."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    from hf_starcoder_ft.trainer import checkpoint_problem
+    from hf_starcoder_ft.trainer import CHECKPOINT_COMPLETE, checkpoint_problem
 
     if resume is None or resume in ("", "false", "False", "no"):
         return None
@@ -69,7 +68,7 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     if not (Path(resume) / "trainer_state.json").is_file():
         raise ConfigError(f"resume_from_checkpoint {resume}: not a checkpoint directory (no trainer_state.json)")
     problem = checkpoint_problem(resume)
-    if problem is not None and (Path(resume) / CHECKPOINT_COMPLETE_NAME).is_file():
+    if problem is not None and (Path(resume) / CHECKPOINT_COMPLETE).is_file():
         raise ConfigError(f"resume_from_checkpoint {resume}: damaged checkpoint ({problem})")
     if problem is not None:
         print(

@@ -76,7 +76,7 @@ def training_flops_per_token(config, seq_length: int) -> float:
     return 6.0 * matmul_params + 12.0 * layers * hidden * seq_length
 
 
-CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # train.CHECKPOINT_COMPLETE_NAME; kept importable without torch
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # written last into each checkpoint-N (see _save_checkpoint)
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
