@@ -39,6 +39,7 @@ from hf_starcoder_ft.convert.megatron_format import (
     flatten_model_state,
     open_checkpoint,
 )
+from hf_starcoder_ft.tools.diff import max_abs_difference
 
 # Megatron key names, spelled out from SPEC.md section 6 rather than taken from the converter's key map.
 _EMBEDDING = "model.language_model.embedding."
@@ -180,18 +181,6 @@ class VerificationReport:
                 f"{status}{'  ' + check.note if check.note else ''}"
             )
         return "\n".join(lines)
-
-
-def max_abs_difference(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 << 22) -> float:
-    """max |a - b| in fp32, a slice of rows at a time (no full-size fp32 copies of a large embedding)."""
-    if a.numel() == 0:
-        return 0.0
-    a, b = (a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)) if a.dim() else (a.reshape(1, 1), b.reshape(1, 1))
-    rows = max(1, chunk_elements // max(1, a.shape[1]))
-    return max(
-        (a[start : start + rows].float() - b[start : start + rows].float()).abs().max().item()
-        for start in range(0, a.shape[0], rows)
-    )
 
 
 def compare_tensors(

@@ -33,8 +33,9 @@ from hf_starcoder_ft.convert.megatron_format import (
 _CHUNK_ELEMENTS = 1 << 24  # compare in slices so a large tensor's fp32 copy never exists whole
 
 
-def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b| over same-shaped tensors, in fp32 (float64 for float64), NaN equal to NaN only in place."""
+def max_abs_difference(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = _CHUNK_ELEMENTS) -> float:
+    """Largest |a - b| over same-shaped tensors, in fp32 (float64 for float64), NaN equal to NaN only in place;
+    `chunk_elements` at a time, so no full-size upcast copy exists (also used by verify-conversion)."""
     if a.dtype == b.dtype and torch.equal(a, b):
         return 0.0  # the usual case, found without upcasting anything (equal never holds where a NaN is)
     if not (a.is_floating_point() or b.is_floating_point()):
@@ -42,9 +43,9 @@ def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
     worst = 0.0
-    for start in range(0, flat_a.numel(), _CHUNK_ELEMENTS):
-        x = flat_a[start : start + _CHUNK_ELEMENTS].to(work)
-        y = flat_b[start : start + _CHUNK_ELEMENTS].to(work)
+    for start in range(0, flat_a.numel(), chunk_elements):
+        x = flat_a[start : start + chunk_elements].to(work)
+        y = flat_b[start : start + chunk_elements].to(work)
         difference = (x - y).abs()
         both_nan = x.isnan() & y.isnan()
         difference = torch.where(both_nan, torch.zeros_like(difference), difference)
