@@ -108,9 +108,9 @@ class GitCommit:
     changes: tuple[FileChange, ...]
 
 
-def _git(path: str | Path, *args: str) -> subprocess.CompletedProcess:
+def _git(path: str | Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, check=False)
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, check=False, env=env)
     except FileNotFoundError:
         raise GitError("git is not installed or not on PATH (the --repo source needs the git command)") from None
 
@@ -147,12 +147,7 @@ _FAKE_NOW = 1_000_000_000  # git's GIT_TEST_DATE_NOW: lets "read as now" be told
 
 def _git_timestamp(repo: GitRepo, flag: str, value: str, now: int | None) -> int | None:
     env = None if now is None else {**os.environ, "GIT_TEST_DATE_NOW": str(now)}
-    try:
-        result = subprocess.run(
-            ["git", "-C", repo.path, "rev-parse", f"--{flag}={value}"], capture_output=True, check=False, env=env
-        )
-    except FileNotFoundError:
-        raise GitError("git is not installed or not on PATH (the --repo source needs the git command)") from None
+    result = _git(repo.path, "rev-parse", f"--{flag}={value}", env=env)
     text = result.stdout.decode().strip()
     if result.returncode != 0 or "=" not in text:
         return None
