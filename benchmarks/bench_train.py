@@ -100,6 +100,21 @@ def counting(collator, counter: dict[str, int]):
     return collate
 
 
+def shared_training_settings(args) -> dict:
+    """What both trainers are given alike, so only the data path and the loss differ between them."""
+    return {
+        "per_device_train_batch_size": args.batch_size,
+        "max_steps": args.steps,
+        "learning_rate": 1e-4,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 10**6,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+        "seed": 0,
+    }
+
+
 def run_ours(model_dir: Path, tokenizer, train_jsonl: Path, work: Path, args) -> StepTimer:
     import torch
     from transformers import AutoModelForCausalLM
@@ -119,17 +134,7 @@ def run_ours(model_dir: Path, tokenizer, train_jsonl: Path, work: Path, args) ->
     counter = {"targets": 0, "positions": 0}
     timer = StepTimer(counter, warmup=args.warmup)
     training_args = StarCoderTrainingArguments(
-        output_dir=str(work / "ours"),
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps,
-        learning_rate=1e-4,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10**6,
-        disable_tqdm=True,
-        loss_normalization="token",
-        dataloader_pin_memory=False,
-        seed=0,
+        output_dir=str(work / "ours"), loss_normalization="token", **shared_training_settings(args)
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
@@ -158,20 +163,12 @@ def run_trl(model_dir: Path, tokenizer, records: list[dict], work: Path, args) -
     timer = StepTimer(counter, warmup=args.warmup)
     config = SFTConfig(
         output_dir=str(work / "trl"),
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps,
-        learning_rate=1e-4,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10**6,
-        disable_tqdm=True,
         max_length=args.max_length,
         packing=False,
         padding_free=False,
         completion_only_loss=True,
         bf16=False,  # same precision as ours: fp32 on CPU
-        dataloader_pin_memory=False,
-        seed=0,
+        **shared_training_settings(args),
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
