@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on a CPU, in a few minutes, with nothing downloaded:
 # commits -> jsonl -> tiny model + tokenizer -> prepare -> check packing -> train (DeepSpeed ZeRO-3, 2 processes)
-# -> evaluate -> Megatron round trip (TP2 x PP2) -> diff -> generate.
+# -> evaluate -> Megatron round trip (TP2 x PP2) -> diff -> generate -> push (dry run).
 # Every step is a command you can run on your own data; OUT=dir changes where results go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
